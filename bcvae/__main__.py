@@ -1,0 +1,5 @@
+import sys
+
+from bcvae.cli import main
+
+sys.exit(main())

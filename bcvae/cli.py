@@ -1,0 +1,131 @@
+"""Command line: ``bcvae train|cv|eval|data|sweep|plots`` (also ``python -m bcvae``).
+
+Exit codes: 0 success, 1 runtime failure (data, checkpoint, non-finite loss),
+2 configuration error, 128+N when stopped by signal N (a checkpoint was written).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+log = logging.getLogger("bcvae")
+
+EXPERIMENTS = Path("experiments")
+
+
+def experiment_path(exp: str) -> Path:
+    """``capacity25`` -> ``experiments/capacity25.yaml``; an existing path is used as is."""
+    path = Path(exp)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        return path
+    return EXPERIMENTS / f"{exp}.yaml"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bcvae", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, text in (("train", "train (or resume) one fold"), ("cv", "train every fold, then summarise")):
+        c = sub.add_parser(name, help=text)
+        c.add_argument("experiment", help="name under experiments/ (e.g. capacity25) or a YAML path")
+        c.add_argument("overrides", nargs="*", help="key=value, e.g. train.lr=1e-4 seed=2 data.fold=3")
+        c.add_argument("--fresh", action="store_true", help="start over (the old run is moved aside)")
+    e = sub.add_parser("eval", help="disentanglement metrics of a run or checkpoint")
+    e.add_argument("run", help="run directory (runs/<exp>/fold<k>) or checkpoint.pt")
+    e.add_argument("--metrics", default="mig,sap,dci,beta_vae,factor_vae", help="comma-separated")
+    e.add_argument("--num-points", type=int, default=10_000)
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--full-grid-mig", action="store_true", help="also MIG over all 737,280 images")
+    e.add_argument("--no-wandb", action="store_true", help="do not log to the run's W&B run")
+    d = sub.add_parser("data", help="dataset commands")
+    dsub = d.add_subparsers(dest="data_command", required=True)
+    b = dsub.add_parser("build", help="build the HDF5 fold cache")
+    b.add_argument("experiment", nargs="?", default="capacity25")
+    b.add_argument("overrides", nargs="*")
+    dl = dsub.add_parser("download", help="fetch the real dSprites npz")
+    dl.add_argument("--dest", default="data")
+    cr = dsub.add_parser("compare-renderer", help="count pixels where the renderer differs from a real npz")
+    cr.add_argument("path")
+    cr.add_argument("--limit", type=int, default=None, help="compare only the first N images")
+    s = sub.add_parser("sweep", help="run a W&B sweep file's configurations locally, one after another")
+    s.add_argument("sweep", help="name under experiments/sweeps/ or a YAML path")
+    s.add_argument("--count", type=int, default=0, help="at most this many runs (random search: required)")
+    s.add_argument("--dry-run", action="store_true", help="print the runs, train nothing")
+    pl = sub.add_parser("plots", help="write PNG figures next to a run")
+    pl.add_argument("run", help="run directory (runs/<exp>/fold<k>)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = _parser().parse_args(argv)
+    from bcvae.config import ConfigError
+    from bcvae.data.dsprites import DatasetError
+    from bcvae.train import Interrupted, TrainingError
+
+    try:
+        return _dispatch(args)
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    except Interrupted as err:
+        print(f"stopped: {err.args[0]}", file=sys.stderr)
+        return 128 + int(err.args[1])
+    except (DatasetError, TrainingError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args) -> int:
+    from bcvae import config
+
+    if args.command in ("train", "cv"):
+        from bcvae import train
+
+        cfg = config.load(experiment_path(args.experiment), args.overrides)
+        if args.command == "train":
+            train.train(cfg, fresh=args.fresh)
+        else:
+            train.cross_validate(cfg, fresh=args.fresh)
+        return 0
+    if args.command == "eval":
+        from bcvae import evaluate
+
+        evaluate.main(args)
+        return 0
+    if args.command == "data":
+        return _data(args)
+    if args.command == "sweep":
+        from bcvae import sweep
+
+        sweep.run_local(sweep.sweep_path(args.sweep), count=args.count, dry_run=args.dry_run)
+        return 0
+    if args.command == "plots":
+        from bcvae import viz
+
+        for path in viz.write_run_plots(Path(args.run)):
+            print(path)
+        return 0
+    raise AssertionError(args.command)
+
+
+def _data(args) -> int:
+    from bcvae import config, data
+
+    if args.data_command == "build":
+        cfg = config.load(experiment_path(args.experiment), args.overrides)
+        path = data.ensure_cache(cfg.data)
+        print(f"fold cache ready: {path} ({path.stat().st_size / 2**20:.1f} MiB)")
+    elif args.data_command == "download":
+        print(f"downloaded: {data.download_dsprites(Path(args.dest))}")
+    elif args.data_command == "compare-renderer":
+        report = data.compare_renderer(Path(args.path), limit=args.limit)
+        for key, value in report.items():
+            print(f"{key:>36}: {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,392 @@
+"""Typed experiment configuration.
+
+One YAML file under ``experiments/`` states only what differs from the defaults
+below; ``key=value`` overrides from the command line are applied on top.
+Unknown keys, wrong types (including PyYAML's habit of reading ``5e-4`` as a
+string) and out-of-range values raise :class:`ConfigError` naming the file and
+the key, so a typo never silently trains the wrong model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+OBJECTIVES = ("beta", "capacity", "factor", "btcvae")
+LIKELIHOODS = ("bernoulli", "gaussian")
+SOURCES = ("auto", "dsprites", "procedural")
+ARCHS = ("burgess", "original")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the file and the key."""
+
+
+@dataclass
+class DataConfig:
+    source: str = "auto"
+    """``auto`` (real npz if present, else procedural), ``dsprites`` or ``procedural``."""
+    path: str = "data/dsprites_ndarray_co1sh3sc6or40x32y32_64x64.npz"
+    """Location of the real dSprites npz (used by ``dsprites`` and ``auto``)."""
+    cache_dir: str = "data"
+    """Directory holding the HDF5 fold caches."""
+    k: int = 10
+    """Number of cross-validation folds."""
+    fold: int = 0
+    """Held-out validation fold, ``0 <= fold < k``; the other k-1 folds train."""
+    fold_seed: int = 0
+    """Seed of the image-to-fold assignment (independent of the training seed)."""
+    subset: int = 0
+    """0 = all 737,280 images; n > 0 = a seeded random subset of n images."""
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "burgess"
+    """``burgess`` (Burgess et al. 2018) or ``original`` (BatchNorm/LeakyReLU conv net)."""
+    z_dim: int = 10
+    """Number of latent dimensions."""
+
+
+@dataclass
+class LossConfig:
+    objective: str = "capacity"
+    """``beta`` (Higgins 2017), ``capacity`` (Burgess 2018), ``factor`` (Kim & Mnih 2018), ``btcvae`` (Chen 2018)."""
+    likelihood: str = "bernoulli"
+    """Decoder likelihood: ``bernoulli`` on logits or ``gaussian`` (fixed-variance, i.e. summed squared error)."""
+    beta: float = 4.0
+    """β-VAE: weight β on the KL term."""
+    gamma: float = 1000.0
+    """Capacity objective: weight γ on |KL − C|."""
+    c_max: float = 25.0
+    """Capacity objective: final capacity C_max in nats."""
+    c_steps: int = 100_000
+    """Capacity objective: global steps over which C grows linearly from 0 to C_max."""
+    factor_gamma: float = 35.0
+    """FactorVAE: weight γ on the total-correlation estimate."""
+    tc_alpha: float = 1.0
+    """β-TCVAE: weight α on the index-code mutual information."""
+    tc_beta: float = 6.0
+    """β-TCVAE: weight β on the total correlation."""
+    tc_gamma: float = 1.0
+    """β-TCVAE: weight γ on the dimension-wise KL."""
+    tc_estimator: str = "mss"
+    """β-TCVAE: ``mss`` (minibatch stratified) or ``mws`` (minibatch weighted) sampling."""
+    disc_lr: float = 1e-4
+    """FactorVAE: discriminator Adam learning rate."""
+    disc_beta1: float = 0.5
+    """FactorVAE: discriminator Adam β1."""
+    disc_beta2: float = 0.9
+    """FactorVAE: discriminator Adam β2."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    """Number of epochs (passes over the k-1 training folds, or steps_per_epoch steps)."""
+    steps_per_epoch: int = 0
+    """0 = one full pass per epoch; n > 0 = n steps per epoch (short epochs, more validation)."""
+    max_steps: int = 0
+    """0 = no limit; n > 0 = stop after n global steps (a checkpoint is written there)."""
+    batch_size: int = 64
+    """Training batch size (global, across all processes)."""
+    lr: float = 5e-4
+    """Adam learning rate of the VAE."""
+    adam_beta1: float = 0.9
+    """Adam β1 of the VAE."""
+    adam_beta2: float = 0.999
+    """Adam β2 of the VAE."""
+    lr_decay: float = 1.0
+    """Multiply the learning rate by this factor every lr_decay_epochs epochs (1.0 = constant)."""
+    lr_decay_epochs: int = 1
+    """Epoch interval of the learning-rate decay."""
+    val_batch_size: int = 1024
+    """Batch size of validation (no gradients, so larger is faster)."""
+    val_max_batches: int = 0
+    """0 = validate on the whole held-out fold; n > 0 = only its first n batches."""
+    device: str = "auto"
+    """``auto`` (CUDA when present, else CPU), ``cpu`` or ``cuda``/``cuda:N``."""
+    compile: str = "auto"
+    """torch.compile: ``auto`` (on where it pays: CUDA), ``on`` or ``off``."""
+    channels_last: bool = True
+    """Use the channels_last memory format (faster convolutions on CPU and GPU)."""
+    amp: str = "auto"
+    """Mixed precision: ``auto`` (bf16 autocast on CUDA, off on CPU), ``bf16`` or ``off``."""
+    threads: int = 0
+    """CPU threads for torch (0 = torch's default)."""
+
+
+@dataclass
+class LogConfig:
+    every_train: int = 50
+    """Log training scalars every this many steps."""
+    every_images: int = 100
+    """Log reconstructions and latent traversals every this many steps."""
+    every_val_images: int = 200
+    """Log validation reconstructions every this many validation batches."""
+    wandb_mode: str = "auto"
+    """``auto`` (offline unless W&B credentials are configured), ``offline``, ``online`` or ``disabled``."""
+    wandb_project: str = "bcvae"
+    """W&B project name."""
+    wandb_entity: str = ""
+    """W&B entity (team or user); empty = your default."""
+    progress: bool = True
+    """Show a tqdm progress bar with the live loss."""
+
+
+@dataclass
+class EvalConfig:
+    every_epochs: int = 0
+    """Compute disentanglement metrics every this many epochs (0 = never during training)."""
+    at_end: bool = True
+    """Compute disentanglement metrics when training finishes."""
+    metrics: list = field(default_factory=lambda: ["mig", "sap"])
+    """Metrics computed during training: any of mig, sap, dci, beta_vae, factor_vae."""
+    num_points: int = 10_000
+    """Points sampled for MIG / SAP / DCI."""
+
+
+@dataclass
+class Config:
+    name: str = ""
+    """Experiment name; defaults to the YAML file's stem. Runs go to run_dir/name/fold<k>."""
+    seed: int = 0
+    """Training seed (initialisation, data order, sampling)."""
+    run_dir: str = "runs"
+    """Root directory of runs."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# Keys that may change when a run resumes: budgets, logging, evaluation and
+# execution details do not alter the trajectory already on disk.
+RESUMABLE_CHANGES = (
+    "train.epochs", "train.max_steps", "train.device", "train.compile", "train.threads",
+    "train.val_batch_size", "train.val_max_batches", "log.", "eval.", "run_dir",
+)
+
+
+def load(path: str | Path, overrides: Iterable[str] = ()) -> Config:
+    """Read one experiment YAML, apply ``key=value`` overrides, validate.
+
+    Raises
+    ------
+    ConfigError
+        Missing file, unknown key (with a suggestion), wrong type or
+        out-of-range value; the message names the file and the key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        available = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
+        hint = f" (available: {', '.join(available)})" if available else ""
+        raise ConfigError(f"{path}: experiment file not found{hint}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: must be a mapping of keys to values, got {type(raw).__name__}")
+    cfg = Config(name=path.stem)
+    _apply(cfg, raw, str(path), prefix="")
+    for item in overrides:
+        key, value = _parse_override(item)
+        _set(cfg, key, value, "command line", lenient_floats=True)
+    validate(cfg, str(path))
+    return cfg
+
+
+def from_dict(raw: dict, source: str = "<dict>") -> Config:
+    """Build a validated Config from a nested dict (e.g. a checkpoint's saved config)."""
+    cfg = Config()
+    _apply(cfg, raw, source, prefix="")
+    validate(cfg, source)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict:
+    """Nested plain-dict form (YAML/JSON serialisable)."""
+    return dataclasses.asdict(cfg)
+
+
+def save(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    """``{"train": {"lr": 1}}`` -> ``{"train.lr": 1}``."""
+    out = {}
+    for key, value in d.items():
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resume_conflicts(saved: dict, current: Config) -> list[str]:
+    """Keys whose values differ between a checkpoint's config and ``current``,
+    excluding those allowed to change on resume (budgets, logging, device)."""
+    old, new = flatten(saved), flatten(to_dict(current))
+    keys = sorted(set(old) | set(new))
+    return [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in keys
+        if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)
+    ]
+
+
+def _apply(obj: Any, raw: dict, source: str, prefix: str) -> None:
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            child = _field_value(obj, str(key), source, dotted)
+            if not dataclasses.is_dataclass(child):
+                raise ConfigError(f"{source}: {dotted}: expected a value, got a mapping")
+            _apply(child, value, source, prefix=f"{dotted}.")
+        else:
+            _set(obj, str(key), value, source, root_prefix=prefix)
+
+
+def _set(obj: Any, key: str, value: Any, source: str, *, root_prefix: str = "",
+         lenient_floats: bool = False) -> None:
+    """Set dotted ``key`` on the dataclass tree ``obj`` after type checking."""
+    parts = key.split(".")
+    for i, part in enumerate(parts[:-1]):
+        obj = _field_value(obj, part, source, root_prefix + ".".join(parts[: i + 1]))
+        if not dataclasses.is_dataclass(obj):
+            raise ConfigError(f"{source}: {root_prefix}{key}: {'.'.join(parts[: i + 1])} is not a section")
+    dotted = root_prefix + key
+    current = _field_value(obj, parts[-1], source, dotted)
+    if dataclasses.is_dataclass(current):
+        raise ConfigError(f"{source}: {dotted}: is a section, give a mapping of its keys")
+    hint = {f.name: f.type for f in dataclasses.fields(obj)}[parts[-1]]
+    setattr(obj, parts[-1], _coerce(value, hint, dotted, source, lenient_floats))
+
+
+def _field_value(obj: Any, name: str, source: str, dotted: str) -> Any:
+    names = [f.name for f in dataclasses.fields(obj)]
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f" (did you mean '{dotted.rsplit('.', 1)[0] + '.' if '.' in dotted else ''}{close[0]}'?)" if close else ""
+        raise ConfigError(f"{source}: unknown key '{dotted}'{hint}")
+    return getattr(obj, name)
+
+
+def _coerce(value: Any, hint: str, dotted: str, source: str, lenient_floats: bool) -> Any:
+    """Check ``value`` against the field's annotation (a string under PEP 563)."""
+    where = f"{source}: {dotted}"
+    if hint == "bool":
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if hint == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+            return int(value)  # 1e5 written in YAML as 1.0e+5
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if hint == "float":
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and _looks_numeric(value):
+            if lenient_floats:
+                return float(value)
+            raise ConfigError(
+                f"{where}: {value!r} is read as a string (YAML needs a dot or sign in the exponent: "
+                f"write {float(value)!r} or e.g. 5.0e-4)"
+            )
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if hint == "str":
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    if hint == "list":
+        if isinstance(value, list):
+            return value
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        raise ConfigError(f"{where}: expected a list, got {value!r}")
+    raise ConfigError(f"{where}: cannot set a value of type {hint}")
+
+
+def _looks_numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"command line: override {item!r} must look like key=value (e.g. train.lr=1e-4)")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text else ""
+    except yaml.YAMLError:
+        value = text
+    return key.strip(), value
+
+
+def _check(cond: bool, source: str, key: str, message: str) -> None:
+    if not cond:
+        raise ConfigError(f"{source}: {key}: {message}")
+
+
+def _one_of(value: str, choices: tuple, source: str, key: str) -> None:
+    _check(value in choices, source, key, f"must be one of {', '.join(choices)}, got {value!r}")
+
+
+def validate(cfg: Config, source: str) -> None:
+    """Range and choice checks that types alone cannot express."""
+    d, m, l, t, g, e = cfg.data, cfg.model, cfg.loss, cfg.train, cfg.log, cfg.eval
+    _one_of(d.source, SOURCES, source, "data.source")
+    _check(d.k >= 2, source, "data.k", f"needs at least 2 folds, got {d.k}")
+    _check(0 <= d.fold < d.k, source, "data.fold", f"must be in 0..{d.k - 1} (data.k={d.k}), got {d.fold}")
+    _check(d.subset >= 0, source, "data.subset", f"must be >= 0, got {d.subset}")
+    _check(d.subset == 0 or d.subset >= 2 * d.k, source, "data.subset", f"must be 0 or >= 2*k, got {d.subset}")
+    _one_of(m.arch, ARCHS, source, "model.arch")
+    _check(m.z_dim >= 1, source, "model.z_dim", f"must be >= 1, got {m.z_dim}")
+    _one_of(l.objective, OBJECTIVES, source, "loss.objective")
+    _one_of(l.likelihood, LIKELIHOODS, source, "loss.likelihood")
+    _one_of(l.tc_estimator, ("mss", "mws"), source, "loss.tc_estimator")
+    for key in ("beta", "gamma", "c_max", "factor_gamma", "tc_alpha", "tc_beta", "tc_gamma"):
+        value = getattr(l, key)
+        _check(math.isfinite(value) and value >= 0, source, f"loss.{key}", f"must be finite and >= 0, got {value}")
+    _check(l.c_steps >= 1, source, "loss.c_steps", f"must be >= 1, got {l.c_steps}")
+    _check(math.isfinite(t.lr) and t.lr > 0, source, "train.lr", f"must be > 0, got {t.lr}")
+    _check(l.disc_lr > 0, source, "loss.disc_lr", f"must be > 0, got {l.disc_lr}")
+    for key in ("adam_beta1", "adam_beta2"):
+        _check(0 <= getattr(t, key) < 1, source, f"train.{key}", f"must be in [0, 1), got {getattr(t, key)}")
+    for key in ("disc_beta1", "disc_beta2"):
+        _check(0 <= getattr(l, key) < 1, source, f"loss.{key}", f"must be in [0, 1), got {getattr(l, key)}")
+    _check(t.epochs >= 1, source, "train.epochs", f"must be >= 1, got {t.epochs}")
+    for key in ("steps_per_epoch", "max_steps", "val_max_batches", "threads"):
+        _check(getattr(t, key) >= 0, source, f"train.{key}", f"must be >= 0, got {getattr(t, key)}")
+    for key in ("batch_size", "val_batch_size", "lr_decay_epochs"):
+        _check(getattr(t, key) >= 1, source, f"train.{key}", f"must be >= 1, got {getattr(t, key)}")
+    _check(0 < t.lr_decay <= 1, source, "train.lr_decay", f"must be in (0, 1], got {t.lr_decay}")
+    _one_of(t.compile, ("auto", "on", "off"), source, "train.compile")
+    _one_of(t.amp, ("auto", "bf16", "off"), source, "train.amp")
+    _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), source, "train.device",
+           f"must be auto, cpu or cuda[:N], got {t.device!r}")
+    for key in ("every_train", "every_images", "every_val_images"):
+        _check(getattr(g, key) >= 1, source, f"log.{key}", f"must be >= 1, got {getattr(g, key)}")
+    _one_of(g.wandb_mode, ("auto", "offline", "online", "disabled"), source, "log.wandb_mode")
+    known = ("mig", "sap", "dci", "beta_vae", "factor_vae")
+    for name in e.metrics:
+        _check(name in known, source, "eval.metrics", f"unknown metric {name!r}; choose from {', '.join(known)}")
+    _check(e.every_epochs >= 0, source, "eval.every_epochs", f"must be >= 0, got {e.every_epochs}")
+    _check(e.num_points >= 100, source, "eval.num_points", f"must be >= 100, got {e.num_points}")
+    _check(bool(cfg.name), source, "name", "must not be empty")

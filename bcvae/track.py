@@ -1,0 +1,152 @@
+"""Experiment tracking: the only module that talks to Weights & Biases.
+
+Every scalar goes to two places through one :meth:`Tracker.log` call: an
+append-only JSON-lines file next to the checkpoint (always) and W&B (when it
+initialised). W&B runs offline unless credentials are configured, so nothing
+touches the network by default; ``wandb sync runs/<exp>/fold<k>/wandb/offline-run-*``
+uploads an offline run later. A W&B failure never stops training: the run
+continues with the local log and a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("bcvae")
+
+
+def wandb_credentials_configured() -> bool:
+    """True when an API key is in the environment or in ~/.netrc for api.wandb.ai."""
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+def resolve_mode(mode: str) -> str:
+    """Config ``log.wandb_mode`` -> the W&B mode actually used.
+
+    ``WANDB_MODE`` in the environment wins over the config, as W&B users expect.
+    """
+    env = os.environ.get("WANDB_MODE")
+    if env:
+        return env
+    if mode == "auto":
+        return "online" if wandb_credentials_configured() else "offline"
+    return mode
+
+
+class Tracker:
+    """Logs scalars, images and GIFs for one run (rank 0 only).
+
+    Parameters
+    ----------
+    run_dir:
+        ``runs/<exp>/fold<k>``; ``metrics.jsonl`` and ``wandb/`` live here.
+    config:
+        Resolved config as a nested dict (stored in W&B's run config).
+    run_id:
+        W&B run id to resume (from the checkpoint), or None for a new run.
+    """
+
+    def __init__(self, run_dir: Path, config: dict, *, name: str, group: str | None,
+                 mode: str = "auto", project: str = "bcvae", entity: str = "",
+                 run_id: str | None = None, provenance: dict | None = None):
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.jsonl_path = self.run_dir / "metrics.jsonl"
+        self.media_dir = self.run_dir / "media"
+        self.run = None
+        self.run_id = run_id
+        self._wandb = None
+        mode = resolve_mode(mode)
+        if mode != "disabled":
+            self._init_wandb(config, name, group, mode, project, entity, provenance or {})
+
+    def _init_wandb(self, config, name, group, mode, project, entity, provenance) -> None:
+        # The environment must be set before wandb.init: passing mode= alone
+        # still lets the client reach for the network.
+        os.environ["WANDB_MODE"] = mode
+        os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+        os.environ.setdefault("WANDB_SILENT", "true")
+        try:
+            import wandb
+
+            self.run = wandb.init(
+                project=project, entity=entity or None, name=name, group=group,
+                id=self.run_id, resume="allow", dir=str(self.run_dir), mode=mode,
+                config={**config, "provenance": provenance},
+                settings=wandb.Settings(console="off", x_disable_stats=True, save_code=False),
+            )
+            self._wandb = wandb
+            self.run_id = self.run.id
+        except Exception as err:  # any tracker failure must not lose the run
+            log.warning("W&B could not start (%s: %s); continuing with the local log %s only",
+                        type(err).__name__, err, self.jsonl_path)
+            self.run = None
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        """Append ``metrics`` at global ``step`` to the JSONL log and to W&B."""
+        scalars = {k: _to_float(v) for k, v in metrics.items()}
+        with self.jsonl_path.open("a") as f:
+            f.write(json.dumps({"step": int(step), **scalars}) + "\n")
+        if self.run is not None:
+            self._safe(lambda: self.run.log(scalars, step=int(step)))
+
+    def log_image(self, key: str, image: np.ndarray, step: int, caption: str = "") -> None:
+        """Log a ``(H, W)`` or ``(H, W, 3)`` uint8 image (W&B logs float images as black)."""
+        if image.dtype != np.uint8:
+            raise TypeError(f"log_image({key!r}) needs uint8, got {image.dtype}")
+        if self.run is not None:
+            self._safe(lambda: self.run.log({key: self._wandb.Image(image, caption=caption)}, step=int(step)))
+
+    def log_gif(self, key: str, path: Path, step: int) -> None:
+        """Log an animated GIF already written at ``path``."""
+        if self.run is not None:
+            self._safe(lambda: self.run.log({key: self._wandb.Video(str(path), format="gif")}, step=int(step)))
+
+    def summary(self, values: dict[str, Any]) -> None:
+        """Set run-summary values (final scores) in W&B."""
+        if self.run is not None:
+            self._safe(lambda: self.run.summary.update({k: _to_float(v) for k, v in values.items()}))
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.run is not None:
+            self._safe(lambda: self.run.finish(exit_code=exit_code))
+            self.run = None
+
+    def _safe(self, fn) -> None:
+        try:
+            fn()
+        except Exception as err:
+            log.warning("W&B logging failed (%s: %s); the local log keeps every scalar", type(err).__name__, err)
+
+
+def _to_float(value: Any) -> float | int | str | None:
+    if isinstance(value, (int, str)) and not isinstance(value, bool):
+        return value
+    if hasattr(value, "item"):
+        value = value.item()
+    value = float(value)
+    return value if math.isfinite(value) else str(value)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Read a metrics.jsonl file (skipping a torn last line left by a kill)."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows

@@ -1,0 +1,724 @@
+"""Training: one run = one experiment config on one held-out fold.
+
+The loop trains on the k-1 training folds, validates on the held-out fold
+after every epoch, and writes an atomic checkpoint holding everything needed
+to continue bit-for-bit: model, discriminator, optimisers, global step, epoch,
+position inside the epoch, RNG states, the resolved config and the W&B run id.
+Schedules (capacity C, learning rate) and the data order are pure functions of
+the global step / epoch, so nothing else needs saving. A run whose checkpoint
+exists resumes automatically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from bcvae import config as config_mod
+from bcvae import track, viz
+from bcvae.config import Config
+from bcvae.data import load_split, epoch_order, render_dsprites, FoldData
+from bcvae.losses import discriminator_loss, vae_loss
+from bcvae.model import VAE, Discriminator
+
+log = logging.getLogger("bcvae")
+
+CHECKPOINT_VERSION = 1
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (non-finite loss, incompatible checkpoint, ...)."""
+
+
+class CheckpointError(TrainingError):
+    """A checkpoint cannot be read or written; the message names the file."""
+
+
+class Interrupted(TrainingError):
+    """SIGTERM / SIGINT received: a checkpoint was written, the run can resume."""
+
+
+def run_dir_for(cfg: Config) -> Path:
+    """``<run_dir>/<name>/fold<k>``."""
+    return Path(cfg.run_dir) / cfg.name / f"fold{cfg.data.fold}"
+
+
+def pick_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"train.device={spec!r} but CUDA is not available on this machine")
+    return torch.device(spec)
+
+
+def lr_at(train_cfg, epoch: int) -> float:
+    """Step decay: lr · lr_decay^(epoch // lr_decay_epochs), a pure function of the epoch."""
+    return train_cfg.lr * train_cfg.lr_decay ** (epoch // train_cfg.lr_decay_epochs)
+
+
+def sample_posterior(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """z ~ q(z|x) by reparameterisation, ``(B, 1, 64, 64)`` -> ``(B, D)``."""
+    mu, logvar = model.encode(x)
+    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Write ``payload`` atomically: a temp file in the same directory, fsync, rename.
+
+    A kill or a full disk during the write leaves the previous checkpoint intact.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        kept = f"the previous checkpoint {path} is intact" if path.exists() else "no earlier checkpoint exists"
+        raise CheckpointError(f"could not write checkpoint {path}: {err.strerror or err} ({kept})") from err
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read a checkpoint with ``weights_only=True`` (no arbitrary pickles)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path}") from None
+    except Exception as err:
+        raise CheckpointError(
+            f"checkpoint {path} is truncated, corrupt or not a bcvae checkpoint ({type(err).__name__}: {err})"
+        ) from None
+    version = ckpt.get("version") if isinstance(ckpt, dict) else None
+    if not isinstance(version, int):
+        raise CheckpointError(f"{path} is not a bcvae checkpoint (no format version)")
+    if version > CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint format {version}, newer than this code's {CHECKPOINT_VERSION}; update bcvae"
+        )
+    return ckpt
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
+    np_state = np.random.get_state()
+    state["numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
+    state["numpy_pos"] = int(np_state[2])
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate((3, tuple(state["python"]), None))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------- encoding
+
+def make_encode(model: nn.Module, device: torch.device, batch_size: int = 1024,
+                channels_last: bool = True) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 images ``(N, 64, 64)`` -> posterior means ``(N, D)`` float32, in large no-grad batches."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+
+    @torch.no_grad()
+    def encode(images: np.ndarray) -> np.ndarray:
+        was_training = model.training
+        model.eval()
+        out = []
+        for start in range(0, len(images), batch_size):
+            chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
+            x = chunk.to(device, non_blocking=True).unsqueeze(1).float().contiguous(memory_format=fmt)
+            out.append(model.encode(x)[0].float().cpu())
+        model.train(was_training)
+        return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+    return encode
+
+
+def image_source(provenance: dict, all_images: Callable[[], FoldData]) -> Callable[[np.ndarray], np.ndarray]:
+    """latents_classes ``(N, 6)`` -> images ``(N, 64, 64)`` from the run's own data source.
+
+    Procedural runs render (identical to their cache); runs on the real file
+    look the images up in the full cache, so metrics see the data trained on.
+    """
+    if provenance.get("source") == "procedural":
+        return render_dsprites
+    data = all_images()
+    position = np.empty(int(data.index.max()) + 1, np.int64)
+    position[data.index] = np.arange(len(data.index))
+    sizes = (1, 3, 6, 40, 32, 32)
+    return lambda classes: data.images(position[np.ravel_multi_index(np.asarray(classes).T, sizes)])
+
+
+# ---------------------------------------------------------------- distributed
+
+def dist_context() -> tuple[int, int]:
+    """(rank, world size); initialises the process group under torchrun."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), world
+
+
+def _mean_terms(sums: dict, count: int, prefix: str) -> dict[str, float]:
+    """Accumulated ``terms`` sums -> flat ``{prefix/key: mean}`` with per-latent KL expanded."""
+    out = {}
+    for key, total in sums.items():
+        value = total / count
+        if torch.is_tensor(value) and value.ndim == 1:
+            for i, v in enumerate(value.tolist()):
+                out[f"{prefix}/kl_dim/{i}"] = v
+        else:
+            out[f"{prefix}/{key}"] = float(value)
+    return out
+
+
+def _accumulate(sums: dict, terms: dict, weight: int = 1) -> None:
+    for key, value in terms.items():
+        value = value.detach().float() if torch.is_tensor(value) else float(value)
+        sums[key] = sums.get(key, 0.0) + value * weight
+
+
+class Trainer:
+    """Trains one config on one fold; resumes from ``checkpoint.pt`` when present.
+
+    Parameters
+    ----------
+    cfg:
+        Resolved :class:`~bcvae.config.Config`.
+    fresh:
+        Start over: an existing run directory is renamed aside, never deleted.
+    group:
+        W&B group (cross-validation folds of one experiment share it).
+    """
+
+    def __init__(self, cfg: Config, *, fresh: bool = False, group: str | None = None):
+        self.cfg = cfg
+        self.rank, self.world = dist_context()
+        self.device = self._device()
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        if cfg.train.batch_size % self.world:
+            raise TrainingError(f"train.batch_size={cfg.train.batch_size} must divide by the {self.world} processes")
+        self.dir = run_dir_for(cfg)
+        self.ckpt_path = self.dir / "checkpoint.pt"
+        self.split = load_split(cfg.data)
+        log.info("data: %s (%d training / %d validation images, fold %d of %d)",
+                 self.split.provenance.get("source"), len(self.split.train), len(self.split.val),
+                 cfg.data.fold, cfg.data.k)
+        self._build_models()
+        self.step = self.epoch = self.step_in_epoch = 0
+        self.run_id: str | None = None
+        self._stop_signal: int | None = None
+        self._prepare_run_dir(fresh)
+        self.tracker = self._tracker(group) if self.rank == 0 else None
+        self.train_model = self._fast_model()
+
+    # ---- construction
+
+    def _device(self) -> torch.device:
+        if self.world > 1 and torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            return torch.device("cuda", local)
+        return pick_device(self.cfg.train.device)
+
+    def _build_models(self) -> None:
+        cfg = self.cfg
+        seed_everything(cfg.seed)
+        self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+        self.model = VAE(cfg.model.z_dim, cfg.model.arch).to(self.device, memory_format=self.memory_format)
+        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr,
+                                    betas=(cfg.train.adam_beta1, cfg.train.adam_beta2))
+        self.disc = self.disc_opt = None
+        if cfg.loss.objective == "factor":
+            self.disc = Discriminator(cfg.model.z_dim).to(self.device)
+            self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=cfg.loss.disc_lr,
+                                             betas=(cfg.loss.disc_beta1, cfg.loss.disc_beta2))
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.model_ddp = DDP(self.model)
+        else:
+            self.model_ddp = self.model
+
+    def _fast_model(self) -> nn.Module:
+        mode = self.cfg.train.compile
+        if mode == "off" or (mode == "auto" and self.device.type != "cuda"):
+            return self.model_ddp
+        try:
+            return torch.compile(self.model_ddp)
+        except Exception as err:  # compiler unavailable on this platform
+            log.warning("torch.compile unavailable (%s); training in eager mode", err)
+            return self.model_ddp
+
+    def _amp(self):
+        amp = self.cfg.train.amp
+        use = amp == "bf16" or (amp == "auto" and self.device.type == "cuda")
+        if not use:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+
+    def _tracker(self, group: str | None) -> track.Tracker:
+        cfg = self.cfg
+        tracker = track.Tracker(
+            self.dir, config_mod.to_dict(cfg), name=f"{cfg.name}-fold{cfg.data.fold}",
+            group=group or cfg.name, mode=cfg.log.wandb_mode, project=cfg.log.wandb_project,
+            entity=cfg.log.wandb_entity, run_id=self.run_id, provenance=self.split.provenance)
+        self.run_id = tracker.run_id
+        return tracker
+
+    # ---- run directory, checkpoint, resume
+
+    def _prepare_run_dir(self, fresh: bool) -> None:
+        if self.rank == 0 and fresh and self.dir.exists():
+            aside = self.dir.with_name(f"{self.dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            self.dir.rename(aside)
+            log.info("--fresh: moved the previous run to %s", aside)
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+        if self.ckpt_path.exists():
+            self._restore(load_checkpoint(self.ckpt_path))
+        elif self.rank == 0:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            config_mod.save(self.cfg, self.dir / "config.yaml")
+
+    def _restore(self, ckpt: dict) -> None:
+        conflicts = config_mod.resume_conflicts(ckpt["config"], self.cfg)
+        if conflicts:
+            raise TrainingError(
+                f"{self.ckpt_path} was trained with a different config ({'; '.join(conflicts[:5])}); "
+                "resume with the original settings, or start over with FRESH=1 (make) / --fresh")
+        try:
+            self.model.load_state_dict(ckpt["model"])
+            if self.disc is not None:
+                self.disc.load_state_dict(ckpt["disc"])
+        except (RuntimeError, KeyError) as err:
+            first = str(err).strip().splitlines()[0]
+            raise CheckpointError(f"{self.ckpt_path} holds a different architecture: {first}") from None
+        self.opt.load_state_dict(ckpt["opt"])
+        if self.disc_opt is not None:
+            self.disc_opt.load_state_dict(ckpt["disc_opt"])
+        self.step, self.epoch, self.step_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["step_in_epoch"]
+        self.run_id = ckpt.get("wandb_run_id")
+        set_rng_state(ckpt["rng"])
+        if self.rank == 0:
+            self._truncate_log(self.step)
+        log.info("resuming %s at step %d (epoch %d)", self.ckpt_path, self.step, self.epoch)
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log rows written after the checkpoint, so a resumed run's log has no duplicates."""
+        path = self.dir / "metrics.jsonl"
+        if path.exists():
+            rows = [r for r in track.read_jsonl(path) if r.get("step", 0) <= step]
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+            os.replace(tmp, path)
+
+    def _checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        for p in self.model.parameters():
+            if not torch.isfinite(p).all():
+                raise TrainingError(f"parameters became non-finite by step {self.step}; "
+                                    f"not overwriting the last good checkpoint {self.ckpt_path}")
+        payload = {
+            "version": CHECKPOINT_VERSION,
+            "model": self.model.state_dict(),
+            "disc": self.disc.state_dict() if self.disc is not None else None,
+            "opt": self.opt.state_dict(),
+            "disc_opt": self.disc_opt.state_dict() if self.disc_opt is not None else None,
+            "step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+            # The data order is epoch_order(n, seed, epoch): (seed, epoch, step_in_epoch) restore it.
+            "data_order": {"seed": self.cfg.seed, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch},
+            "rng": rng_state(),
+            "config": config_mod.to_dict(self.cfg),
+            "provenance": json.loads(json.dumps(self.split.provenance, default=str)),
+            "wandb_run_id": self.run_id,
+        }
+        save_checkpoint(self.ckpt_path, payload)
+
+    # ---- one optimisation step
+
+    def _train_step(self, x: torch.Tensor, x_other: torch.Tensor | None) -> dict:
+        """One VAE update, then (FactorVAE) one discriminator update on detached codes.
+
+        The VAE loss reads the discriminator with its parameters frozen, and the
+        discriminator loss detaches the codes, so neither update leaks gradients
+        into the other's parameters.
+        """
+        cfg = self.cfg
+        if self.disc is not None:
+            self.disc.requires_grad_(False)
+        with self._amp():
+            logits, mu, logvar, z = self.train_model(x)
+            loss, terms = vae_loss(cfg.loss, x, logits.float(), mu.float(), logvar.float(), z.float(),
+                                   self.step, discriminator=self.disc, dataset_size=len(self.split.train))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        if self.disc is not None:
+            self.disc.requires_grad_(True)
+            with torch.no_grad(), self._amp():
+                z_other = sample_posterior(self.model, x_other).float()
+            d_loss, d_terms = discriminator_loss(self.disc, z.float(), z_other)
+            self.disc_opt.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self._average_disc_grads()
+            self.disc_opt.step()
+            terms = {**terms, **d_terms}
+        return terms
+
+    def _average_disc_grads(self) -> None:
+        """Average discriminator gradients over processes, keeping every rank's copy identical.
+
+        (Wrapping it in DDP would not do: its loss calls it twice per backward.)
+        """
+        if self.world > 1:
+            import torch.distributed as dist
+
+            for p in self.disc.parameters():
+                dist.all_reduce(p.grad)
+                p.grad /= self.world
+
+    def _guarded_step(self, x, x_other) -> dict:
+        """``_train_step`` with a fallback to eager mode when the compiler fails at first use."""
+        try:
+            return self._train_step(x, x_other)
+        except Exception as err:
+            if self.train_model is self.model_ddp or isinstance(err, TrainingError):
+                raise
+            log.warning("torch.compile failed (%s: %s); continuing in eager mode",
+                        type(err).__name__, str(err).splitlines()[0] if str(err) else "")
+            self.train_model = self.model_ddp
+            return self._train_step(x, x_other)
+
+    # ---- loop
+
+    def steps_per_epoch(self) -> int:
+        n = len(self.split.train) // self.cfg.train.batch_size
+        return self.cfg.train.steps_per_epoch or max(1, n)
+
+    def _budget_reached(self) -> bool:
+        return bool(self.cfg.train.max_steps) and self.step >= self.cfg.train.max_steps
+
+    def _batch_indices(self, order: np.ndarray, i: int) -> np.ndarray:
+        """This process's share of global batch ``i`` of ``order`` (wrapping around for long epochs)."""
+        b = self.cfg.train.batch_size
+        idx = np.take(order, np.arange(i * b, (i + 1) * b), mode="wrap")
+        share = b // self.world
+        return idx[self.rank * share:(self.rank + 1) * share]
+
+    def _train_epoch(self) -> bool:
+        """Train until the epoch ends (True) or the step budget is reached (False)."""
+        cfg, train = self.cfg, self.split.train
+        for group in self.opt.param_groups:
+            group["lr"] = lr_at(cfg.train, self.epoch)
+        order = epoch_order(len(train), cfg.seed, self.epoch)
+        # FactorVAE's discriminator sees an independent batch (Kim & Mnih 2018, Alg. 2).
+        other = epoch_order(len(train), cfg.seed, self.epoch + 1_000_000) if self.disc is not None else None
+        n_steps = self.steps_per_epoch()
+        bar = self._progress(n_steps)
+        sums, count, tic = {}, 0, time.perf_counter()
+        for i in range(self.step_in_epoch, n_steps):
+            if self._budget_reached():
+                break
+            if self._stop_signal is not None:
+                self._interrupt()
+            x = train.batch(self._batch_indices(order, i), self.device).contiguous(memory_format=self.memory_format)
+            x_other = None if other is None else train.batch(self._batch_indices(other, i), self.device)
+            _accumulate(sums, self._guarded_step(x, x_other))
+            self.step, self.step_in_epoch, count = self.step + 1, i + 1, count + 1
+            bar.update(1)
+            if self.step % cfg.log.every_train == 0:
+                self._log_train(sums, count, tic, bar)
+                sums, count, tic = {}, 0, time.perf_counter()
+            if self.step % cfg.log.every_images == 0:
+                self._log_images()
+        if count:
+            self._log_train(sums, count, tic, bar)
+        bar.close()
+        return self.step_in_epoch >= n_steps
+
+    def _progress(self, total: int):
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
+                    disable=not self.cfg.log.progress or self.rank != 0, dynamic_ncols=True, leave=False)
+
+    def _log_train(self, sums: dict, count: int, tic: float, bar) -> None:
+        values = _mean_terms(sums, count, "train")
+        if not math.isfinite(values["train/loss"]):
+            raise TrainingError(
+                f"non-finite training loss ({values['train/loss']}) within steps {self.step - count + 1}..{self.step} "
+                f"(epoch {self.epoch}); stopped. The last good checkpoint {self.ckpt_path} is kept. "
+                "Try a lower train.lr, or check the data.")
+        bar.set_postfix(loss=f"{values['train/loss']:.2f}", step=self.step)
+        if self.tracker is None:
+            return
+        seconds = max(time.perf_counter() - tic, 1e-9)
+        values.update({"train/lr": self.opt.param_groups[0]["lr"], "train/epoch": self.epoch,
+                       "train/img_per_s": count * self.cfg.train.batch_size / seconds})
+        self.tracker.log(values, self.step)
+        self._last_kl = [values.get(f"train/kl_dim/{i}", 0.0) for i in range(self.cfg.model.z_dim)]
+
+    # ---- pictures, validation, metrics
+
+    def _log_images(self) -> None:
+        """Reconstructions of fixed validation images and latent traversals (grid + GIF)."""
+        if self.tracker is None:
+            return
+        self.model.eval()
+        x = self.split.val.batch(np.arange(min(8, len(self.split.val))), self.device)
+        self.tracker.log_image("images/reconstruction", viz.reconstruction_grid(self.model, x), self.step,
+                               caption="top: originals, bottom: reconstructions")
+        kl = getattr(self, "_last_kl", None) or [0.0] * self.cfg.model.z_dim
+        dims = list(np.argsort(kl)[::-1])  # most informative latent first
+        frames = viz.traversal_frames(self.model, x[:1], dims, np.linspace(-3, 3, 13))
+        self.tracker.log_image("images/traversal", viz.traversal_grid(frames), self.step,
+                               caption=f"rows: latents {dims} (by KL), columns: -3..3")
+        gif = viz.write_traversal_gif(frames, self.dir / "media" / "traversal.gif")
+        self.tracker.log_gif("images/traversal_gif", gif, self.step)
+        self.model.train()
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Average loss terms over the held-out fold (never training data).
+
+        Sampling uses a forked RNG seeded by (seed, epoch): validation is
+        reproducible and leaves the training RNG untouched, so resuming is exact.
+        """
+        cfg, val = self.cfg, self.split.val
+        b = cfg.train.val_batch_size
+        n_batches = -(-len(val) // b)
+        if cfg.train.val_max_batches:
+            n_batches = min(n_batches, cfg.train.val_max_batches)
+        self.model.eval()
+        sums, count = {}, 0
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(cfg.seed * 1_000_003 + self.epoch)
+            for j in range(n_batches):
+                idx = np.arange(j * b, min((j + 1) * b, len(val)))
+                x = val.batch(idx, self.device).contiguous(memory_format=self.memory_format)
+                logits, mu, logvar, z = self.model(x)
+                _, terms = vae_loss(cfg.loss, x, logits, mu, logvar, z, self.step,
+                                    discriminator=self.disc, dataset_size=len(self.split.train))
+                _accumulate(sums, terms, weight=len(idx))
+                count += len(idx)
+                if j % cfg.log.every_val_images == 0 and self.tracker is not None:
+                    self.tracker.log_image("images/val_reconstruction", viz.reconstruction_grid(self.model, x[:8]),
+                                           self.step, caption=f"validation batch {j}")
+        self.model.train()
+        return _mean_terms(sums, count, "val")
+
+    def evaluate(self, metric_names) -> dict:
+        """Disentanglement metrics of the encoder mean (see :mod:`bcvae.metrics`)."""
+        from bcvae.metrics import evaluate
+
+        encode = make_encode(self.model, self.device, channels_last=self.cfg.train.channels_last)
+        render = image_source(self.split.provenance, lambda: _load_all(self.cfg.data))
+        return evaluate(encode, metrics=tuple(metric_names), seed=self.cfg.seed,
+                        num_points=self.cfg.eval.num_points, render=render)
+
+    def _log_eval(self, result: dict) -> dict[str, float]:
+        scores = flatten_scores(result["scores"])
+        if self.tracker is not None:
+            self.tracker.log({f"eval/{k}": v for k, v in scores.items()}, self.step)
+        return scores
+
+    # ---- the run
+
+    def fit(self) -> dict:
+        """Train to the configured budget; returns the final summary (also in ``summary.json``)."""
+        cfg, exit_code = self.cfg, 1
+        try:
+            with self._signals():
+                summary = self._fit()
+            exit_code = 0
+            return summary
+        finally:
+            if self.tracker is not None:
+                self.tracker.finish(exit_code)
+
+    def _fit(self) -> dict:
+        cfg, val = self.cfg, {}
+        if self.epoch >= cfg.train.epochs or self._budget_reached():
+            log.info("%s is already complete (step %d, epoch %d)", self.dir, self.step, self.epoch)
+            return self._read_summary()
+        while self.epoch < cfg.train.epochs:
+            if not self._train_epoch():
+                break  # step budget reached inside the epoch
+            val = self._end_of_epoch()
+        if not self.step_in_epoch == 0 or not val:
+            val = self.validate()  # stopped inside an epoch: validate where we are
+            self._log_val(val)
+            self._checkpoint()
+        return self._finish(val)
+
+    def _end_of_epoch(self) -> dict:
+        val = self.validate()
+        self.epoch, self.step_in_epoch = self.epoch + 1, 0
+        self._log_val(val)
+        every = self.cfg.eval.every_epochs
+        if every and self.epoch % every == 0 and self.epoch < self.cfg.train.epochs and self.rank == 0:
+            self._log_eval(self.evaluate(self.cfg.eval.metrics))
+        self._checkpoint()
+        return val
+
+    def _log_val(self, val: dict) -> None:
+        line = ", ".join(f"{k.split('/')[-1]} {v:.3f}" for k, v in val.items() if "kl_dim" not in k)
+        log.info("epoch %d step %d validation: %s", self.epoch, self.step, line)
+        if self.tracker is not None:
+            self.tracker.log({**val, "val/epoch": self.epoch}, self.step)
+
+    def _finish(self, val: dict) -> dict:
+        summary = {"step": self.step, "epoch": self.epoch, **val}
+        if self.cfg.eval.at_end and self.cfg.eval.metrics and self.rank == 0:
+            result = self.evaluate(self.cfg.eval.metrics)
+            summary.update({f"eval/{k}": v for k, v in self._log_eval(result).items()})
+            write_json(self.dir / "eval.json", {**result, "step": self.step, "checkpoint": str(self.ckpt_path)})
+        if self.rank == 0:
+            summary["provenance"] = self.split.provenance
+            write_json(self.dir / "summary.json", summary)
+            if self.tracker is not None:
+                self.tracker.summary({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        return summary
+
+    def _read_summary(self) -> dict:
+        path = self.dir / "summary.json"
+        return json.loads(path.read_text()) if path.exists() else {"step": self.step, "epoch": self.epoch}
+
+    @contextlib.contextmanager
+    def _signals(self):
+        """SIGTERM / SIGINT set a flag; the loop checkpoints at the next step and stops."""
+        def handler(signum, _frame):
+            self._stop_signal = signum
+
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _interrupt(self) -> None:
+        self._checkpoint()
+        name = signal.Signals(self._stop_signal).name
+        raise Interrupted(
+            f"received {name} at step {self.step} (epoch {self.epoch}); checkpoint saved to {self.ckpt_path}. "
+            "Run the same command again to resume.", self._stop_signal)
+
+
+def _load_all(data_cfg):
+    from bcvae.data import load_all
+
+    return load_all(data_cfg)
+
+
+def flatten_scores(scores: dict, prefix: str = "") -> dict[str, float]:
+    """``{"dci": {"disentanglement": .9}}`` -> ``{"dci/disentanglement": .9}`` (numbers only)."""
+    out = {}
+    for key, value in scores.items():
+        if isinstance(value, dict):
+            out.update(flatten_scores(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = float(value)
+    return out
+
+
+def write_json(path: Path, obj) -> None:
+    """Atomic JSON write (numpy scalars converted)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
+
+
+def train(cfg: Config, *, fresh: bool = False, group: str | None = None) -> dict:
+    """Train (or resume) one run; see :class:`Trainer`."""
+    return Trainer(cfg, fresh=fresh, group=group).fit()
+
+
+def cross_validate(cfg: Config, *, fresh: bool = False) -> dict:
+    """Train folds 0..k-1 (one W&B group), then summarise mean ± std over folds.
+
+    Writes ``<run_dir>/<name>/cv_summary.json`` and logs the summary to W&B.
+    """
+    import copy
+
+    per_fold = []
+    for fold in range(cfg.data.k):
+        fold_cfg = copy.deepcopy(cfg)
+        fold_cfg.data.fold = fold
+        per_fold.append(train(fold_cfg, fresh=fresh, group=cfg.name))
+    keys = sorted({k for s in per_fold for k, v in s.items()
+                   if isinstance(v, (int, float)) and k.startswith(("val/", "eval/"))})
+    summary = {}
+    for key in keys:
+        values = np.array([s[key] for s in per_fold if key in s], dtype=float)
+        summary[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                        "values": values.tolist()}
+    out = {"experiment": cfg.name, "folds": cfg.data.k, "metrics": summary}
+    write_json(Path(cfg.run_dir) / cfg.name / "cv_summary.json", out)
+    _log_cv_summary(cfg, summary)
+    return out
+
+
+def _log_cv_summary(cfg: Config, summary: dict) -> None:
+    for key, s in summary.items():
+        if "kl_dim" not in key:
+            log.info("%-28s %.4f ± %.4f  (n=%d)", key, s["mean"], s["std"], len(s["values"]))
+    tracker = track.Tracker(Path(cfg.run_dir) / cfg.name / "cv", config_mod.to_dict(cfg), name=f"{cfg.name}-cv",
+                            group=cfg.name, mode=cfg.log.wandb_mode, project=cfg.log.wandb_project,
+                            entity=cfg.log.wandb_entity)
+    flat = {f"cv/{k}/mean": s["mean"] for k, s in summary.items()}
+    flat.update({f"cv/{k}/std": s["std"] for k, s in summary.items()})
+    tracker.log(flat, step=0)
+    tracker.summary(flat)
+    tracker.finish()
