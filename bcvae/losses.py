@@ -1,0 +1,218 @@
+"""VAE objectives: β-VAE, capacity-annealed β-VAE, FactorVAE and β-TCVAE.
+
+Every function is pure: tensors (and the global step) in, ``(loss, terms)`` out;
+no counters live here. Scale convention: reconstruction NLL summed over pixels,
+KL summed over latents, both averaged over the batch — so γ = 1000 and C = 25
+nats mean what Burgess et al. (2018) mean. ``terms`` holds detached tensors
+(no host sync; the trainer calls ``.item()`` when it logs) and python floats.
+
+FactorVAE step order (Kim & Mnih 2018, Alg. 2) the trainer must follow::
+
+    logits, mu, logvar, z = vae(x1)
+    loss, terms = vae_loss(cfg, x1, logits, mu, logvar, z, step, discriminator=D)
+    vae_opt.zero_grad(); loss.backward(); vae_opt.step()       # 1. VAE update
+    with torch.no_grad(): z2 = vae(x2)[3]                       # x2: an independent batch
+    d_loss, d_terms = discriminator_loss(D, z, z2)
+    d_opt.zero_grad(); d_loss.backward(); d_opt.step()          # 2. discriminator update
+
+``vae_loss`` reads D through detached parameters, so step 1 leaves D's ``.grad``
+empty; ``discriminator_loss`` detaches the codes, so step 2 leaves the encoder's
+``.grad`` untouched. The detached parameters share storage with D, so D must not
+be stepped before ``loss.backward()`` (PyTorch raises an in-place error if it is).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def recon_nll(logits: Tensor, x: Tensor, likelihood: str = "bernoulli") -> Tensor:
+    """Reconstruction NLL −log p(x|z), summed over pixels, averaged over the batch.
+
+    ``"bernoulli"``: binary cross-entropy on logits. ``"gaussian"``: squared error of
+    sigmoid(logits) against x, the NLL of a fixed-variance Gaussian (σ² = ½) up to an
+    additive constant — the original implementation's MSE choice.
+
+    logits, x : (B, 1, 64, 64); returns a scalar.
+    """
+    if likelihood == "bernoulli":
+        nll = F.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+    elif likelihood == "gaussian":
+        nll = F.mse_loss(torch.sigmoid(logits), x, reduction="sum")
+    else:
+        raise ValueError(f"loss.likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
+    return nll / x.shape[0]
+
+
+def kl_per_dim(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(μ, σ²) ‖ N(0, 1)) per latent, averaged over the batch (Kingma & Welling 2014, app. B).
+
+    mu, logvar : (B, D); returns (D,). Its sum is the KL term of every objective here.
+    """
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean(dim=0)
+
+
+def capacity(step: int, c_max: float, c_steps: int) -> float:
+    """Capacity schedule C(step) = min(C_max, C_max·step/C_steps) (Burgess et al. 2018, eq. 8).
+
+    A pure function of the global step, which the checkpoint stores; ``c_steps <= 0``
+    means no annealing (C = C_max from the start).
+    """
+    if c_steps <= 0:
+        return float(c_max)
+    return float(min(c_max, c_max * max(step, 0) / c_steps))
+
+
+def permute_dims(z: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Shuffle each latent independently across the batch (Kim & Mnih 2018, Alg. 1).
+
+    z : (B, D) -> (B, D) samples of ∏_j q(z_j): every column keeps its values (marginal),
+    the dependence between columns is destroyed.
+    """
+    order = torch.rand(z.shape, device=z.device, generator=generator).argsort(dim=0)
+    return z.gather(0, order)
+
+
+def _discriminator_tc(discriminator: nn.Module, z: Tensor) -> Tensor:
+    """TC(z) ≈ E_q(z)[log D(z) / (1 − D(z))] = mean(logit₀ − logit₁) (Kim & Mnih 2018, eq. 3).
+
+    D is evaluated with detached parameters: the gradient reaches the encoder through z
+    but never D's ``.grad``, which only ``discriminator_loss`` may fill.
+    """
+    params = {name: p.detach() for name, p in discriminator.named_parameters()}
+    logits = torch.func.functional_call(discriminator, params, (z,))   # (B, 2)
+    return (logits[:, 0] - logits[:, 1]).mean()
+
+
+def discriminator_loss(discriminator: nn.Module, z: Tensor,
+                       z_other: Tensor) -> tuple[Tensor, dict[str, Any]]:
+    """FactorVAE discriminator loss (Kim & Mnih 2018, Alg. 2): cross-entropy of D on codes
+    of one batch (label 0, "from q(z)") and on dimension-wise permuted codes of an
+    independent batch (label 1, "from ∏_j q(z_j)"); both halves weigh equally.
+
+    z, z_other : (B, D) and (B', D); detached here, so no gradient reaches the encoder.
+    terms: "disc_loss", "disc_acc" (fraction of the 2 halves classified correctly).
+    """
+    z_perm = permute_dims(z_other.detach())
+    logits = discriminator(torch.cat([z.detach(), z_perm]))           # (B + B', 2)
+    labels = torch.cat([z.new_zeros(z.shape[0], dtype=torch.long),
+                        z.new_ones(z_perm.shape[0], dtype=torch.long)])
+    per_sample = F.cross_entropy(logits, labels, reduction="none")
+    loss = 0.5 * (per_sample[: z.shape[0]].mean() + per_sample[z.shape[0]:].mean())
+    correct = (logits.argmax(dim=1) == labels).float()
+    acc = 0.5 * (correct[: z.shape[0]].mean() + correct[z.shape[0]:].mean())
+    return loss, {"disc_loss": loss.detach(), "disc_acc": acc.detach()}
+
+
+def _log_density_matrix(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
+    """log q(z_i,d | x_j) = log N(z_i,d; μ_j,d, σ²_j,d) for every pair (i, j): (B, B, D)."""
+    diff = z.unsqueeze(1) - mu.unsqueeze(0)
+    return -0.5 * (LOG_2PI + logvar.unsqueeze(0) + diff.pow(2) * torch.exp(-logvar.unsqueeze(0)))
+
+
+def _log_mss_weights(batch: int, dataset_size: int) -> Tensor:
+    """Log stratified weights (Chen et al. 2018, app. C.2), (B, B), each row summing to 1.
+
+    Row i estimates q(z_i) = (1/N)·Σ_n q(z_i|n): weight 1/N on its own x_i, (N−M)/(N·M) on
+    one other element (the next one, cyclically) and 1/M on the rest, M = B − 1. Explicit
+    indices, because the strided-view version in circulation misplaces the diagonal.
+    """
+    n, m = float(dataset_size), float(batch - 1)
+    w = torch.full((batch, batch), 1.0 / m, dtype=torch.float64)
+    i = torch.arange(batch)
+    w[i, (i + 1) % batch] = (n - m) / (n * m)
+    w[i, i] = 1.0 / n
+    return w.log()
+
+
+def tc_decomposition(z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int,
+                     estimator: str = "mss") -> tuple[Tensor, Tensor, Tensor]:
+    """β-TCVAE decomposition of the KL (Chen et al. 2018, eq. 2) into batch means of
+    index-code MI  E[log q(z|x) − log q(z)], total correlation  E[log q(z) − Σ_d log q(z_d)]
+    and dimension-wise KL  E[Σ_d log q(z_d) − log p(z_d)].
+
+    ``"mws"`` (minibatch weighted sampling, Chen et al. 2018 §3.1 and app. C.1):
+    log q(z_i) ≈ logsumexp_j log q(z_i|x_j) − log(N·M), likewise per dimension. It is a lower
+    bound: its log q values sit ≈ log N below the truth, so MI, TC and dw-KL carry offsets of
+    about +log N, +(D−1)·log N and −D·log N (constants; gradients are unaffected).
+    ``"mss"`` (minibatch stratified sampling, app. C.2) weighs each term by
+    ``_log_mss_weights``: a consistent estimate, whose values can be read as nats.
+    MI + TC + dw-KL equals the Monte-Carlo KL  E[log q(z|x) − log p(z)]  under either.
+
+    z, mu, logvar : (B, D) with B >= 2; dataset_size N >= B. Returns three scalars.
+    """
+    batch = z.shape[0]
+    if batch < 2 or dataset_size < batch:
+        raise ValueError(f"β-TCVAE needs 2 <= batch size <= dataset_size, got batch {batch}, "
+                         f"dataset_size {dataset_size!r}")
+    mat = _log_density_matrix(z, mu, logvar)                         # (B, B, D)
+    log_qz_x = mat.diagonal(dim1=0, dim2=1).sum(dim=0)               # (B,)  log q(z_i|x_i)
+    if estimator == "mws":
+        log_nm = math.log(dataset_size * batch)
+        log_qz = torch.logsumexp(mat.sum(dim=2), dim=1) - log_nm     # (B,)
+        log_qz_d = torch.logsumexp(mat, dim=1) - log_nm              # (B, D)
+    elif estimator == "mss":
+        log_w = _log_mss_weights(batch, dataset_size).to(mat)
+        log_qz = torch.logsumexp(mat.sum(dim=2) + log_w, dim=1)
+        log_qz_d = torch.logsumexp(mat + log_w.unsqueeze(2), dim=1)
+    else:
+        raise ValueError(f"loss.tc_estimator must be 'mss' or 'mws', got {estimator!r}")
+    log_pz_d = -0.5 * (LOG_2PI + z.pow(2))                           # (B, D)
+    mi = (log_qz_x - log_qz).mean()
+    tc = (log_qz - log_qz_d.sum(dim=1)).mean()
+    dw_kl = (log_qz_d - log_pz_d).sum(dim=1).mean()
+    return mi, tc, dw_kl
+
+
+def _regulariser(loss_cfg: Any, mu: Tensor, logvar: Tensor, z: Tensor, kl: Tensor, step: int,
+                 discriminator: nn.Module | None, dataset_size: int | None) -> tuple[Tensor, dict[str, Any]]:
+    """Everything of the objective but the reconstruction term; see ``vae_loss``."""
+    objective = loss_cfg.objective
+    if objective == "beta":
+        return loss_cfg.beta * kl, {}
+    if objective == "capacity":
+        c = capacity(step, loss_cfg.c_max, loss_cfg.c_steps)
+        gap = (kl - c).abs()
+        return loss_cfg.gamma * gap, {"C": c, "kl_gap": gap}
+    if objective == "factor":
+        if discriminator is None:
+            raise ValueError("loss.objective 'factor' needs the discriminator passed to vae_loss")
+        tc = _discriminator_tc(discriminator, z)
+        return kl + loss_cfg.factor_gamma * tc, {"tc": tc}
+    if objective == "btcvae":
+        if dataset_size is None:
+            raise ValueError("loss.objective 'btcvae' needs dataset_size (the training-split size)")
+        mi, tc, dw_kl = tc_decomposition(z, mu, logvar, dataset_size, loss_cfg.tc_estimator)
+        penalty = loss_cfg.tc_alpha * mi + loss_cfg.tc_beta * tc + loss_cfg.tc_gamma * dw_kl
+        return penalty, {"mi": mi, "tc": tc, "dw_kl": dw_kl}
+    raise ValueError(f"loss.objective must be 'beta', 'capacity', 'factor' or 'btcvae', got {objective!r}")
+
+
+def vae_loss(loss_cfg: Any, x: Tensor, logits: Tensor, mu: Tensor, logvar: Tensor, z: Tensor,
+             step: int, discriminator: nn.Module | None = None,
+             dataset_size: int | None = None) -> tuple[Tensor, dict[str, Any]]:
+    """The objective named by ``loss_cfg.objective``; returns ``(loss, terms)``.
+
+    * ``"beta"``     rec + β·KL                          (Higgins et al. 2017, eq. 4)
+    * ``"capacity"`` rec + γ·|KL − C(step)|               (Burgess et al. 2018, eq. 8)
+    * ``"factor"``   rec + KL + γ·TC, TC from D's logits (Kim & Mnih 2018, eq. 2–3); needs
+      ``discriminator`` — see the module docstring for the update order
+    * ``"btcvae"``   rec + α·MI + β·TC + γ·dw-KL          (Chen et al. 2018, eq. 4); needs
+      ``dataset_size`` (N of the training split)
+
+    x, logits : (B,1,64,64); mu, logvar, z : (B, D). terms: "loss", "rec", "kl",
+    "kl_per_dim" (D,), plus "C", "kl_gap" | "tc" | "mi", "tc", "dw_kl" by objective.
+    """
+    rec = recon_nll(logits, x, loss_cfg.likelihood)
+    kl_dims = kl_per_dim(mu, logvar)
+    kl = kl_dims.sum()
+    penalty, terms = _regulariser(loss_cfg, mu, logvar, z, kl, step, discriminator, dataset_size)
+    loss = rec + penalty
+    terms.update(loss=loss, rec=rec, kl=kl, kl_per_dim=kl_dims)
+    return loss, {k: v.detach() if isinstance(v, Tensor) else v for k, v in terms.items()}

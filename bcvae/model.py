@@ -1,0 +1,116 @@
+"""Gaussian-posterior VAE for 64×64 dSprites and the FactorVAE discriminator.
+
+Two architectures share one :class:`VAE`:
+
+* ``"burgess"`` (default): Burgess et al. 2018, "Understanding disentangling in
+  β-VAE", appendix A.1 — ReLU convolutions, no normalisation.
+* ``"original"``: the conv / BatchNorm / LeakyReLU network of the original
+  implementation this repository reproduces (latent size 6 there).
+
+Both decoders output Bernoulli *logits*; the losses apply the sigmoid.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+ARCH_Z_DIM = {"burgess": 10, "original": 6}  # latent size each architecture was published with
+
+
+def _burgess(z_dim: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """Burgess et al. 2018, A.1: (B,1,64,64) -> (B,2·z_dim) and (B,z_dim) -> (B,1,64,64)."""
+    def conv(c_in: int) -> list[nn.Module]:  # each halves the side: 64 -> 32 -> 16 -> 8 -> 4
+        return [nn.Conv2d(c_in, 32, 4, 2, 1), nn.ReLU()]
+
+    def deconv(c_out: int) -> list[nn.Module]:  # each doubles the side: 4 -> 8 -> 16 -> 32 -> 64
+        return [nn.ConvTranspose2d(32, c_out, 4, 2, 1), nn.ReLU()]
+
+    encoder = nn.Sequential(
+        *conv(1), *conv(32), *conv(32), *conv(32), nn.Flatten(),           # (B, 32·4·4 = 512)
+        nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+        nn.Linear(256, 2 * z_dim))                                         # (μ, log σ²)
+    decoder = nn.Sequential(
+        nn.Linear(z_dim, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+        nn.Linear(256, 512), nn.ReLU(), nn.Unflatten(1, (32, 4, 4)),
+        *deconv(32), *deconv(32), *deconv(32), nn.ConvTranspose2d(32, 1, 4, 2, 1))  # logits
+    return encoder, decoder
+
+
+def _original(z_dim: int) -> tuple[nn.Sequential, nn.Sequential]:
+    """Conv channels 32-64-128-256 (k4 s2 p1) + BatchNorm + LeakyReLU(0.2), mirrored decoder."""
+    chans = (1, 32, 64, 128, 256)
+    enc: list[nn.Module] = []
+    for c_in, c_out in zip(chans, chans[1:]):  # conv bias is redundant before BatchNorm
+        enc += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)]
+    encoder = nn.Sequential(*enc, nn.Flatten(), nn.Linear(256 * 16, 2 * z_dim))
+    dec: list[nn.Module] = [nn.Linear(z_dim, 256 * 16), nn.LeakyReLU(0.2), nn.Unflatten(1, (256, 4, 4))]
+    back = chans[::-1]                         # 256 -> 128 -> 64 -> 32, then -> 1 logits
+    for c_in, c_out in zip(back[:-2], back[1:-1]):
+        dec += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out),
+                nn.LeakyReLU(0.2)]
+    decoder = nn.Sequential(*dec, nn.ConvTranspose2d(32, 1, 4, 2, 1))
+    return encoder, decoder
+
+
+class VAE(nn.Module):
+    """VAE with diagonal Gaussian posterior q(z|x) = N(μ, diag σ²) and prior N(0, I).
+
+    Parameters
+    ----------
+    z_dim : latent size; ``None`` takes the architecture's published size (burgess 10, original 6).
+    arch : ``"burgess"`` or ``"original"``.
+    """
+
+    def __init__(self, z_dim: int | None = None, arch: str = "burgess") -> None:
+        super().__init__()
+        if arch == "burgess":
+            build = _burgess
+        elif arch == "original":
+            build = _original
+        else:
+            raise ValueError(f"model.arch must be 'burgess' or 'original', got {arch!r}")
+        self.arch = arch
+        self.z_dim = ARCH_Z_DIM[arch] if z_dim is None else int(z_dim)
+        if self.z_dim < 1:
+            raise ValueError(f"model.z_dim must be >= 1, got {z_dim!r}")
+        self.encoder, self.decoder = build(self.z_dim)
+
+    def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B,1,64,64) in [0,1] -> (μ, log σ²), each (B, z_dim); μ is the representation."""
+        mu, logvar = self.encoder(x).chunk(2, dim=1)
+        return mu, logvar
+
+    def decode(self, z: Tensor) -> Tensor:
+        """z (B, z_dim) -> Bernoulli logits (B,1,64,64)."""
+        return self.decoder(z)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """x (B,1,64,64) -> (logits (B,1,64,64), μ, log σ², z), z = μ + σ·ε (Kingma & Welling 2014).
+
+        Always samples, in eval mode too, so validation losses estimate the same ELBO.
+        """
+        mu, logvar = self.encode(x)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        return self.decode(z), mu, logvar, z
+
+
+class Discriminator(nn.Module):
+    """FactorVAE discriminator (Kim & Mnih 2018, appendix): ``depth`` linear layers of
+    ``width`` units with LeakyReLU(0.2); (B, z_dim) -> (B, 2) logits.
+
+    Logit 0 means "z drawn from q(z)", logit 1 "z drawn from ∏_j q(z_j)" (permuted).
+    """
+
+    def __init__(self, z_dim: int = 10, width: int = 1000, depth: int = 6) -> None:
+        super().__init__()
+        if depth < 2:
+            raise ValueError(f"discriminator depth must be >= 2, got {depth!r}")
+        dims = [z_dim] + [width] * (depth - 1)
+        layers: list[nn.Module] = []
+        for d_in, d_out in zip(dims, dims[1:]):
+            layers += [nn.Linear(d_in, d_out), nn.LeakyReLU(0.2)]
+        self.net = nn.Sequential(*layers, nn.Linear(width, 2))
+
+    def forward(self, z: Tensor) -> Tensor:
+        """z (B, z_dim) -> logits (B, 2)."""
+        return self.net(z)
