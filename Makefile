@@ -62,8 +62,8 @@ plots: $(DEPS)  ## write PNG figures of RUN next to it
 bench: $(DEPS)  ## throughput / memory benchmarks -> benchmarks/results/latest.json
 	$(PYTHON) benchmarks/run.py $(ARGS)
 
-reproduce: $(DEPS)  ## train + evaluate the results table (BUDGET=cpu|full)
-	$(PYTHON) benchmarks/reproduce.py --budget $(BUDGET) $(ARGS)
+reproduce: $(DEPS)  ## train + evaluate the results table: BUDGET=cpu|full ARGS="--seeds 0,1,2 --jobs 2"
+	$(PYTHON) -m bcvae reproduce --budget $(BUDGET) $(ARGS)
 
 test: $(DEPS)  ## the default test suite (fast)
 	$(PYTHON) -m pytest -m "not slow" $(PYTEST)

@@ -1,4 +1,4 @@
-"""Command line: ``bcvae train|cv|eval|data|sweep|plots`` (also ``python -m bcvae``).
+"""Command line: ``bcvae train|cv|eval|data|sweep|plots|reproduce`` (also ``python -m bcvae``).
 
 Exit codes: 0 success, 1 runtime failure (data, checkpoint, non-finite loss),
 2 configuration error, 128+N when stopped by signal N (a checkpoint was written).
@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["reproduce"]:  # its own argument parser: bcvae reproduce --help
+        from bcvae import reproduce
+
+        return reproduce.main(argv[1:])
     args = _parser().parse_args(argv)
     from bcvae.config import ConfigError
     from bcvae.data.dsprites import DatasetError

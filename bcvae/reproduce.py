@@ -1,0 +1,155 @@
+"""``bcvae reproduce``: train the comparison experiments, evaluate every metric,
+write ``results/<budget>.json`` and the markdown table of the README.
+
+Each (experiment, seed) is trained on folds 1..9 with fold 0 held out, in a
+subprocess (``python -m bcvae train``) so several can run side by side with
+one thread each; a finished run is not retrained (rerunning the command
+resumes or reuses it). Metrics are computed here from the checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("bcvae")
+
+EXPERIMENTS = {
+    "cpu": ["capacity25_cpu", "beta1_cpu", "beta4_cpu", "factorvae_cpu"],
+    "full": ["capacity25", "beta1", "beta4", "factorvae"],
+}
+METRICS = ("mig", "sap", "dci", "beta_vae", "factor_vae")
+COLUMNS = [("recon_nll", "rec. NLL (val)"), ("kl", "KL (val)"), ("mig", "MIG"),
+           ("factor_vae_score", "FactorVAE"), ("beta_vae_score", "BetaVAE"),
+           ("dci_disentanglement", "DCI dis."), ("sap", "SAP")]
+
+
+def run_name(experiment: str, seed: int) -> str:
+    return f"{experiment}-seed{seed}"
+
+
+def train_one(experiment: str, seed: int, *, threads: int, overrides: list[str], root: Path) -> Path:
+    """Train (or resume) one seed in a subprocess; returns its run directory."""
+    name = run_name(experiment, seed)
+    args = [sys.executable, "-m", "bcvae", "train", experiment, f"seed={seed}", "data.fold=0",
+            f"name={name}", f"train.threads={threads}", "log.progress=false", *overrides]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    tic = time.perf_counter()
+    proc = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"training {name} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+    log.info("trained %s in %.1f min", name, (time.perf_counter() - tic) / 60)
+    run_dir = root / "runs" / name / "fold0"
+    for o in overrides:
+        if o.startswith("run_dir="):
+            run_dir = Path(o.split("=", 1)[1]) / name / "fold0"
+    return run_dir
+
+
+def evaluate_run(run_dir: Path, experiment: str, seed: int, budget: str, num_points: int) -> dict:
+    """One results row: validation NLL and KL, every metric, and the latent analysis."""
+    from bcvae import track, viz
+    from bcvae.evaluate import evaluate_checkpoint, load_model
+    from bcvae.train import make_encode, write_json
+
+    result = evaluate_checkpoint(run_dir / "checkpoint.pt", METRICS, seed=seed, num_points=num_points)
+    write_json(run_dir / "eval.json", result)
+    s = result["scores"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    model, cfg, _ = load_model(run_dir / "checkpoint.pt")
+    rows = track.read_jsonl(run_dir / "metrics.jsonl")
+    encode = make_encode(model, next(model.parameters()).device)
+    return {
+        "experiment": experiment, "objective": cfg.loss.objective, "seed": seed, "budget": budget,
+        "steps": summary.get("step"), "recon_nll": summary.get("val/rec"), "kl": summary.get("val/kl"),
+        "mig": s.get("mig"), "factor_vae_score": s.get("factor_vae"), "beta_vae_score": s.get("beta_vae"),
+        "dci_disentanglement": (s.get("dci") or {}).get("disentanglement"), "sap": s.get("sap"),
+        "switch_on_order": [list(map(_plain, x)) for x in viz.switch_on_order(rows)],
+        "latent_factors": [{k: _plain(v) for k, v in r.items()} for r in viz.latent_factor_table(encode)],
+        "provenance": result.get("provenance"), "run_dir": str(run_dir),
+        "eval_settings": result.get("settings"),
+    }
+
+
+def _plain(v):
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Mean ± std over seeds per experiment."""
+    head = "| experiment | objective | seeds | " + " | ".join(c[1] for c in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (3 + len(COLUMNS))]
+    for exp in dict.fromkeys(r["experiment"] for r in rows):
+        group = [r for r in rows if r["experiment"] == exp]
+        cells = []
+        for key, _ in COLUMNS:
+            values = np.array([r[key] for r in group if r.get(key) is not None], dtype=float)
+            if len(values) == 0:
+                cells.append("–")
+            elif len(values) == 1:
+                cells.append(f"{values[0]:.3g}" if key in ("recon_nll", "kl") else f"{values[0]:.3f}")
+            else:
+                fmt = ".1f" if key in ("recon_nll", "kl") else ".3f"
+                cells.append(f"{values.mean():{fmt}} ± {values.std(ddof=1):{fmt}}")
+        lines.append(f"| {exp} | {group[0]['objective']} | {len(group)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def latent_report(rows: list[dict]) -> str:
+    """For each capacity run: the order latents switched on and the factor each encodes."""
+    out = []
+    for r in rows:
+        if r["objective"] != "capacity":
+            continue
+        factors = {d["latent"]: d for d in r["latent_factors"]}
+        parts = []
+        for latent, step in r["switch_on_order"]:
+            f = factors.get(latent, {})
+            parts.append(f"z{latent}@{step} → {f.get('factor', '?')} ({f.get('score', float('nan')):.2f})")
+        out.append(f"- {r['experiment']} seed {r['seed']}: " + ", ".join(parts))
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="bcvae reproduce", description=__doc__.splitlines()[0])
+    p.add_argument("--budget", choices=sorted(EXPERIMENTS), default="cpu")
+    p.add_argument("--experiments", default="", help="comma-separated subset (default: the budget's four)")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--jobs", type=int, default=1, help="trainings side by side (one thread each when > 1)")
+    p.add_argument("--num-points", type=int, default=10_000)
+    p.add_argument("--out", default="results")
+    p.add_argument("overrides", nargs="*", help="key=value applied to every run")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    root = Path.cwd()
+    experiments = [e for e in args.experiments.split(",") if e] or EXPERIMENTS[args.budget]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    jobs = [(e, s) for e in experiments for s in seeds]
+    threads = 1 if args.jobs > 1 else (os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        run_dirs = list(pool.map(lambda j: train_one(*j, threads=threads, overrides=args.overrides, root=root), jobs))
+    rows = [evaluate_run(d, e, s, args.budget, args.num_points) for d, (e, s) in zip(run_dirs, jobs)]
+    write_results(rows, Path(args.out), args.budget)
+    return 0
+
+
+def write_results(rows: list[dict], out: Path, budget: str) -> None:
+    from bcvae.train import write_json
+
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / f"{budget}.json", rows)
+    table = markdown_table(rows)
+    report = latent_report(rows)
+    (out / f"{budget}.md").write_text(f"{table}\n\n{report}\n" if report else f"{table}\n")
+    print(table)
+    if report:
+        print(report)
