@@ -126,9 +126,12 @@ def _data(args) -> int:
     elif args.data_command == "download":
         print(f"downloaded: {data.download_dsprites(Path(args.dest))}")
     elif args.data_command == "compare-renderer":
-        report = data.compare_renderer(Path(args.path), limit=args.limit)
+        report = data.compare_renderer(Path(args.path), limit=args.limit, progress=True)
+        per_shape = report.pop("per_shape", {})
         for key, value in report.items():
             print(f"{key:>36}: {value}")
+        for shape, counts in per_shape.items():
+            print(f"{shape:>36}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
 
 
