@@ -29,7 +29,7 @@ from torch import nn
 from bcvae import config as config_mod
 from bcvae import track, viz
 from bcvae.config import Config
-from bcvae.data import load_split, epoch_order, render_dsprites, FoldData
+from bcvae.data import FACTOR_SIZES, N_IMAGES, FoldData, epoch_order, load_split, render_dsprites
 from bcvae.losses import discriminator_loss, vae_loss
 from bcvae.model import VAE, Discriminator
 
@@ -170,10 +170,12 @@ def image_source(provenance: dict, all_images: Callable[[], FoldData]) -> Callab
     if provenance.get("source") == "procedural":
         return render_dsprites
     data = all_images()
+    if len(data) < N_IMAGES:  # a subset cannot answer for every factor combination
+        log.warning("metrics use rendered images: the run's data is a %d-image subset of the real file", len(data))
+        return render_dsprites
     position = np.empty(int(data.index.max()) + 1, np.int64)
     position[data.index] = np.arange(len(data.index))
-    sizes = (1, 3, 6, 40, 32, 32)
-    return lambda classes: data.images(position[np.ravel_multi_index(np.asarray(classes).T, sizes)])
+    return lambda classes: data.images(position[np.ravel_multi_index(np.asarray(classes).T, FACTOR_SIZES)])
 
 
 # ---------------------------------------------------------------- distributed
