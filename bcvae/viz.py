@@ -1,22 +1,63 @@
-"""Pictures of a model: reconstructions, latent traversals (grid + GIF).
+"""Pictures of a run: reconstructions, latent traversals (grid + GIF), KL per latent
+over training, loss curves, and which latent encodes which dSprites factor.
 
-The array builders here return uint8 images, ready for W&B (which logs float
-images as black) and for PNG/GIF files.
+Two layers:
+
+* uint8 array builders (:func:`image_grid`, :func:`reconstruction_grid`,
+  :func:`traversal_grid`, :func:`write_traversal_gif`), used by the trainer to
+  log images to W&B (which logs float images as black) and by the figures;
+* matplotlib figures (``*_figure``), returned and never shown, so they work
+  headless, in notebooks, and in :func:`write_run_plots` (``bcvae plots RUN``).
+
+Figures are built on :class:`matplotlib.figure.Figure` directly, not through
+``pyplot``: nothing is registered globally, so writing many plots leaks nothing
+and a notebook shows a figure exactly once (when it is the cell's value).
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import math
+import struct
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
 
+from bcvae.data import FACTOR_NAMES, FACTOR_SIZES, latents_values, render_dsprites
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from bcvae.config import Config
+
+log = logging.getLogger("bcvae")
+
+SWITCH_ON_NATS = math.log(2.0)
+"""A latent counts as switched on once its KL reaches one bit (ln 2 ≈ 0.693 nats).
+
+The data-averaged KL of latent j, E_x KL(q(z_j|x) ‖ N(0, 1)), is an upper bound
+on the information z_j carries about the image, I(x; z_j) (Hoffman & Johnson
+2016, "ELBO surgery"). Below one bit the latent cannot even tell two kinds of
+image apart; a collapsed latent sits at ~0, and each latent encoding a dSprites
+factor carries several nats at the end of training (Burgess et al. 2018, fig. 3).
+"""
+
+# dSprites factors a model can encode: colour has a single value.
+FACTORS = tuple(i for i, size in enumerate(FACTOR_SIZES) if size > 1)
+SHAPE_LABELS = ("square", "ellipse", "heart")
+
+
+# ================================================================ uint8 arrays
 
 def image_grid(images: np.ndarray, ncols: int, pad: int = 2) -> np.ndarray:
     """Tile ``(N, H, W)`` images in [0, 1] (or 0/1 uint8) into one uint8 ``(H', W')`` image.
 
-    Rows are filled left to right; a ``pad``-pixel grey border separates tiles.
+    Rows are filled left to right; a ``pad``-pixel grey border separates tiles,
+    so ``H' = rows·(H + pad) + pad`` and ``W' = ncols·(W + pad) + pad``.
     """
     images = np.asarray(images, dtype=np.float32)
     n, h, w = images.shape
@@ -53,7 +94,8 @@ def traversal_frames(model: torch.nn.Module, x: torch.Tensor, dims: Sequence[int
     """Decode μ(x) with one latent at a time set to each of ``values``.
 
     ``x`` is one image ``(1, 1, 64, 64)``; returns ``(len(dims), len(values), 64, 64)``
-    float32 in [0, 1]: row i varies latent ``dims[i]``.
+    float32 in [0, 1]: row i varies latent ``dims[i]``, every other latent stays at
+    the image's code. Values are absolute: the prior is N(0, 1), so −3..3 spans it.
     """
     mu, _ = model.encode(x)
     dims = list(dims)
@@ -83,3 +125,516 @@ def write_traversal_gif(frames: np.ndarray, path: Path, duration_ms: int = 120) 
     path.parent.mkdir(parents=True, exist_ok=True)
     pil[0].save(path, save_all=True, append_images=pil[1:], duration=duration_ms, loop=0)
     return path
+
+
+# ================================================================ history: JSONL or W&B
+
+def merge_by_step(rows: Sequence[dict]) -> list[dict]:
+    """One row per step, sorted by step; a later value of a key at the same step wins.
+
+    The trainer logs training, validation and evaluation scalars in separate
+    calls that can share a step; a resumed W&B run may repeat steps.
+    """
+    merged: dict[int, dict] = {}
+    for row in rows:
+        step = int(row["step"])
+        merged.setdefault(step, {"step": step}).update(row)
+    return [merged[s] for s in sorted(merged)]
+
+
+def _wandb_payloads(path: Path) -> list[bytes]:
+    """Serialised records of a ``.wandb`` file (a LevelDB-style log of 32 KiB blocks)."""
+    block, header = 32768, struct.Struct("<IHB")  # per chunk: CRC32, length, type
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B run file (it does not start with ':W&B')")
+    payloads, chunks, pos = [], [], 7  # file header: ':W&B', 2-byte magic, 1-byte version
+    while pos + header.size <= len(data):
+        left = block - pos % block
+        if left < header.size:  # too little room for a chunk header: the block is padded
+            pos += left
+            continue
+        _crc, length, kind = header.unpack_from(data, pos)
+        pos += header.size
+        if kind == 0 and length == 0:
+            pos += left - header.size
+            continue
+        chunks.append(data[pos:pos + length])
+        pos += length
+        if kind in (1, 4):  # FULL or LAST chunk completes a record
+            payloads.append(b"".join(chunks))
+            chunks = []
+    return payloads
+
+
+def wandb_run_files(path: Path) -> list[Path]:
+    """``.wandb`` files of a run directory, an offline W&B run directory or one file."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    files = sorted(path.glob("wandb/offline-run-*/run-*.wandb")) or sorted(path.glob("run-*.wandb"))
+    if not files:
+        raise FileNotFoundError(f"no offline W&B run file (run-*.wandb) under {path}")
+    return files
+
+
+def history_from_wandb(path: Path) -> list[dict]:
+    """Scalar history of an offline W&B run, as rows ``{"step": int, key: float}``.
+
+    ``path`` is a run directory (``runs/<exp>/fold<k>``), an ``offline-run-*``
+    directory or a ``run-*.wandb`` file. Images and other media are left out.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    rows = []
+    for file in wandb_run_files(path):
+        for payload in _wandb_payloads(file):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(payload)
+            if record.WhichOneof("record_type") != "history":
+                continue
+            items = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                     for item in record.history.item}
+            row = {k: v for k, v in items.items() if not k.startswith("_") and _is_number(v)}
+            if "_step" in items and row:
+                rows.append({"step": int(items["_step"]), **row})
+    return merge_by_step(rows)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def load_history(path: Path, source: str = "auto") -> list[dict]:
+    """Logged scalars of a run, merged by step.
+
+    ``source``: ``"jsonl"`` (``metrics.jsonl``), ``"wandb"`` (the offline W&B run)
+    or ``"auto"`` (the JSONL log when present, else W&B). ``path`` is a run
+    directory or the log file itself.
+    """
+    from bcvae.track import read_jsonl
+
+    path = Path(path)
+    if source not in ("auto", "jsonl", "wandb"):
+        raise ValueError(f"history source must be 'auto', 'jsonl' or 'wandb', got {source!r}")
+    jsonl = path if path.suffix == ".jsonl" else path / "metrics.jsonl"
+    if source == "jsonl" or (source == "auto" and jsonl.exists()):
+        if not jsonl.exists():
+            raise FileNotFoundError(f"no metrics log {jsonl}")
+        return merge_by_step(read_jsonl(jsonl))
+    return history_from_wandb(path)
+
+
+def series(rows: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(steps, values)`` of every row that has ``key``."""
+    pairs = [(r["step"], r[key]) for r in rows if _is_number(r.get(key))]
+    steps, values = zip(*pairs) if pairs else ((), ())
+    return np.asarray(steps, np.int64), np.asarray(values, np.float64)
+
+
+def n_latents(rows: Sequence[dict], split: str = "train") -> int:
+    """Number of latents logged as ``<split>/kl_dim/<i>``."""
+    prefix = f"{split}/kl_dim/"
+    return max((int(k[len(prefix):]) + 1 for r in rows for k in r if k.startswith(prefix)), default=0)
+
+
+def last_kl_per_latent(rows: Sequence[dict], split: str = "val") -> np.ndarray | None:
+    """KL per latent ``(D,)`` in nats from the last row that logged ``<split>/kl_dim/*``."""
+    d = n_latents(rows, split)
+    for row in reversed(rows):
+        if f"{split}/kl_dim/0" in row:
+            return np.array([row.get(f"{split}/kl_dim/{i}", np.nan) for i in range(d)])
+    return None
+
+
+def switch_on_order(rows: Sequence[dict], threshold_nats: float = SWITCH_ON_NATS,
+                    split: str = "train") -> list[tuple[int, int]]:
+    """The order in which latents switched on: ``[(latent, step), ...]`` by step.
+
+    A latent switches on at the first logged step where its KL
+    (``<split>/kl_dim/<i>``, each training row already an average over the
+    logging interval) reaches ``threshold_nats`` (default one bit, see
+    :data:`SWITCH_ON_NATS`). Latents that never do are left out; latents that
+    switch on at the same logged step are ordered by their KL there, largest first.
+    """
+    rows = sorted(rows, key=lambda r: r["step"])
+    found = []
+    for i in range(n_latents(rows, split)):
+        steps, kl = series(rows, f"{split}/kl_dim/{i}")
+        above = np.flatnonzero(kl >= threshold_nats)
+        if len(above):
+            found.append((int(steps[above[0]]), -float(kl[above[0]]), i))
+    return [(i, step) for step, _, i in sorted(found)]
+
+
+# ================================================================ which latent encodes which factor
+
+def factor_codes(encode: Callable[[np.ndarray], np.ndarray], *,
+                 render: Callable[[np.ndarray], np.ndarray] = render_dsprites,
+                 n_per_value: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
+    """Codes of images with one factor fixed at each of its values, the others random.
+
+    For every factor f with more than one value (shape, scale, orientation,
+    posX, posY) and every value v of f, ``n_per_value`` images are rendered with
+    f = v and the other factors drawn uniformly, then encoded.
+
+    Parameters
+    ----------
+    encode : images ``(N, 64, 64)`` uint8 -> codes ``(N, D)`` (e.g. the encoder mean,
+        :func:`bcvae.train.make_encode`).
+    render : latents_classes ``(N, 6)`` int -> images ``(N, 64, 64)``.
+
+    Returns
+    -------
+    ``{factor name: codes (V_f, n_per_value, D)}``. Averaging axis 1 gives the
+    mean code as the factor varies, marginalising the other factors.
+    """
+    rng = np.random.default_rng(seed)
+    out = {}
+    for f in FACTORS:
+        n = FACTOR_SIZES[f] * n_per_value
+        classes = np.stack([rng.integers(0, size, n) for size in FACTOR_SIZES], axis=1)
+        classes[:, f] = np.repeat(np.arange(FACTOR_SIZES[f]), n_per_value)
+        codes = np.asarray(encode(render(classes)), dtype=np.float64)
+        out[FACTOR_NAMES[f]] = codes.reshape(FACTOR_SIZES[f], n_per_value, -1)
+    return out
+
+
+def factor_scores(codes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Fraction of each latent's variance explained by each factor, ``{factor: (D,)}`` in [0, 1].
+
+    The correlation ratio η² = Var_v(E[z_j | f = v]) / Var(z_j), with the
+    between-value variance corrected for the noise of averaging
+    ``n_per_value`` samples (E[Var_v(mean)] = Var_v(E) + E[within]/n). The
+    dSprites factors are independent and uniform, so each factor's stratified
+    sample is also a uniform sample of the data set and gives Var(z_j).
+    """
+    scores = {}
+    for name, c in codes.items():
+        n = c.shape[1]
+        between = c.mean(axis=1).var(axis=0)
+        within = c.var(axis=1, ddof=1).mean(axis=0) if n > 1 else np.zeros(c.shape[2])
+        flat = c.reshape(-1, c.shape[2])
+        total = flat.var(axis=0)
+        # A constant code (variance below float32 resolution) is explained by nothing.
+        varies = total > (1e-6 * (1.0 + np.abs(flat.mean(axis=0)))) ** 2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            eta2 = np.where(varies, (between - within / n) / total, 0.0)
+        scores[name] = np.clip(eta2, 0.0, 1.0)
+    return scores
+
+
+def factor_table(codes: dict[str, np.ndarray], kl: np.ndarray | None = None,
+                 threshold_nats: float = SWITCH_ON_NATS) -> list[dict]:
+    """One row per latent: the factor it varies most with, from :func:`factor_codes`.
+
+    Each row: ``latent``, ``factor`` (name), ``score`` (its η², the fraction of
+    the latent's variance that factor explains), ``scores`` (every factor),
+    ``code_std`` (spread of the code over the data; ~0 for a collapsed latent)
+    and, when ``kl`` (D,) nats is given, ``kl`` and ``active`` (kl ≥ threshold).
+    Rows are sorted by KL (largest first) when ``kl`` is given, else by latent.
+    A collapsed latent still gets an argmax factor: read ``active`` first.
+    """
+    scores = factor_scores(codes)
+    names = list(scores)
+    matrix = np.stack([scores[n] for n in names])  # (F, D)
+    std = np.sqrt(np.mean([c.reshape(-1, c.shape[2]).var(axis=0) for c in codes.values()], axis=0))
+    rows = []
+    for j in range(matrix.shape[1]):
+        best = int(np.argmax(matrix[:, j]))
+        row = {"latent": j, "factor": names[best], "score": float(matrix[best, j]),
+               "scores": {n: float(matrix[k, j]) for k, n in enumerate(names)}, "code_std": float(std[j])}
+        if kl is not None:
+            row.update(kl=float(kl[j]), active=bool(kl[j] >= threshold_nats))
+        rows.append(row)
+    if kl is not None:
+        rows.sort(key=lambda r: -r["kl"])
+    return rows
+
+
+def latent_factor_table(encode: Callable[[np.ndarray], np.ndarray], *,
+                        render: Callable[[np.ndarray], np.ndarray] = render_dsprites,
+                        n_per_value: int = 32, seed: int = 0, kl: np.ndarray | None = None,
+                        threshold_nats: float = SWITCH_ON_NATS) -> list[dict]:
+    """Latent -> the dSprites factor it encodes, with a normalised score (η² in [0, 1]).
+
+    :func:`factor_codes` then :func:`factor_table`; see those for the arguments.
+    """
+    codes = factor_codes(encode, render=render, n_per_value=n_per_value, seed=seed)
+    return factor_table(codes, kl, threshold_nats)
+
+
+# ================================================================ figures
+
+def _figure(width: float, height: float) -> Figure:
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _latent_label(d: int, kl: np.ndarray | None) -> str:
+    return f"z{d}" if kl is None else f"z{d}\n{kl[d]:.2f} nats"
+
+
+def order_by_kl(kl: np.ndarray) -> list[int]:
+    """Latent indices, most informative (largest KL) first."""
+    return [int(i) for i in np.argsort(-np.nan_to_num(np.asarray(kl, np.float64), nan=-np.inf), kind="stable")]
+
+
+@torch.no_grad()
+def latent_kl(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    """KL per latent ``(D,)`` in nats of images ``x`` ``(B, 1, 64, 64)`` (when no log has it)."""
+    from bcvae.losses import kl_per_dim
+
+    mu, logvar = model.encode(x)
+    return kl_per_dim(mu.float(), logvar.float()).cpu().numpy().astype(np.float64)
+
+
+def traversal_figure(model: torch.nn.Module, x: torch.Tensor, kl: np.ndarray | None = None,
+                     values: np.ndarray | None = None, dims: Sequence[int] | None = None) -> Figure:
+    """Latent traversals of one image: rows = latents by KL, columns = latent values.
+
+    ``x`` is ``(1, 1, 64, 64)``; ``kl`` (D,) nats orders and labels the rows
+    (computed on ``x`` when None, a rough estimate from one image); ``values``
+    default to 9 points in −3..3. The single axes holds one image of
+    ``len(dims) × len(values)`` tiles of 64×64 (2-pixel borders); each row is
+    labelled with its latent and KL.
+    """
+    values = np.linspace(-3, 3, 9) if values is None else np.asarray(values, np.float64)
+    kl = latent_kl(model, x) if kl is None else np.asarray(kl, np.float64)
+    dims = order_by_kl(kl) if dims is None else list(dims)
+    grid = traversal_grid(traversal_frames(model, x, dims, values))
+    fig = _figure(1.0 + 0.75 * len(values), 0.4 + 0.75 * len(dims))
+    ax = fig.add_subplot()
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    centre = lambda k: 2 + 66 * k + 32  # tile centres: 2-pixel pad + 64-pixel tiles
+    ax.set_yticks([centre(r) for r in range(len(dims))], [_latent_label(d, kl) for d in dims], fontsize=8)
+    ax.set_xticks([centre(c) for c in range(len(values))], [f"{v:+.1f}" for v in values], fontsize=8)
+    ax.tick_params(length=0)
+    ax.set_xlabel("latent value (others fixed at the image's code)")
+    ax.set_title("latent traversals, rows by KL")
+    return fig
+
+
+def reconstruction_figure(model: torch.nn.Module, x: torch.Tensor) -> Figure:
+    """Originals above their reconstructions: one axes, image ``(2·66+2, B·66+2)``.
+
+    ``x`` is ``(B, 1, 64, 64)``; reconstructions decode the posterior mean.
+    """
+    grid = reconstruction_grid(model, x)
+    fig = _figure(1.2 + 0.75 * len(x), 2.0)
+    ax = fig.add_subplot()
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_yticks([34, 100], ["original", "recon."], fontsize=8)
+    ax.set_xticks([])
+    ax.tick_params(length=0)
+    ax.set_title("reconstructions (decoder mean of the posterior mean)")
+    return fig
+
+
+def kl_emergence_figure(rows: Sequence[dict], split: str = "train",
+                        threshold_nats: float = SWITCH_ON_NATS) -> Figure:
+    """KL of each latent over training steps, the total KL and (capacity objective) C(step).
+
+    One axes. ``rows`` are logged scalars (:func:`load_history`); per-latent
+    KL from ``<split>/kl_dim/<i>``, total from ``<split>/kl``, capacity from
+    ``train/C`` when logged. Legend entries are ordered by final KL.
+    """
+    from matplotlib import colormaps
+
+    fig = _figure(7.5, 4.2)
+    ax = fig.add_subplot()
+    d = n_latents(rows, split)
+    final = last_kl_per_latent(rows, split)
+    colours = colormaps["tab10" if d <= 10 else "tab20"]
+    for i in order_by_kl(final) if d else []:
+        ax.plot(*series(rows, f"{split}/kl_dim/{i}"), color=colours(i % colours.N), lw=1.4,
+                label=f"z{i} ({final[i]:.1f})")
+    steps, total = series(rows, f"{split}/kl")
+    if len(steps):
+        ax.plot(steps, total, color="black", lw=2, label="total KL")
+    steps, cap = series(rows, "train/C")
+    if len(steps):
+        ax.plot(steps, cap, color="black", ls="--", lw=1.5, label="capacity C")
+    ax.axhline(threshold_nats, color="grey", ls=":", lw=1, label=f"switch-on ({threshold_nats:.2f})")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("KL (nats)")
+    ax.set_title(f"KL per latent ({split}): latents switching on")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return fig
+
+
+def loss_curves_figure(rows: Sequence[dict]) -> Figure:
+    """Training and validation loss, reconstruction NLL and KL over steps: three axes.
+
+    A quantity whose values are all positive is drawn on a log scale (the
+    capacity objective's loss spans orders of magnitude).
+    """
+    fig = _figure(11.0, 3.4)
+    axes = fig.subplots(1, 3)
+    for ax, term, label in zip(axes, ("loss", "rec", "kl"), ("loss", "reconstruction NLL", "KL")):
+        for split, style in (("train", {"lw": 1.2}), ("val", {"marker": "o", "lw": 1.2})):
+            steps, values = series(rows, f"{split}/{term}")
+            if len(steps):
+                ax.plot(steps, values, label=split, **style)
+        drawn = np.concatenate([line.get_ydata() for line in ax.get_lines()] or [np.zeros(0)])
+        if len(drawn) and np.all(drawn > 0):
+            ax.set_yscale("log")
+        ax.set_xlabel("training step")
+        ax.set_title(f"{label} (nats)")
+        if ax.get_lines():
+            ax.legend(fontsize=8)
+    return fig
+
+
+def latent_factor_figure(codes: dict[str, np.ndarray], kl: np.ndarray | None = None,
+                         dims: Sequence[int] | None = None) -> Figure:
+    """Mean code of each latent (rows) as each factor varies (columns).
+
+    ``codes`` from :func:`factor_codes`; the other factors are averaged out.
+    Rows follow ``dims`` (default: by KL when given). One axes per (latent,
+    factor), drawing the mean code minus the latent's overall mean, ± the
+    spread over the other factors; all share the y axis, so a collapsed latent
+    is a flat line. Each
+    axes is annotated with η² (:func:`factor_scores`); the factor a latent
+    varies most with is drawn in colour.
+    """
+    names = list(codes)
+    d = next(iter(codes.values())).shape[2]
+    dims = (order_by_kl(kl) if kl is not None else list(range(d))) if dims is None else list(dims)
+    scores = factor_scores(codes)
+    fig = _figure(2.0 * len(names) + 0.8, 0.9 * len(dims) + 0.8)
+    axes = fig.subplots(len(dims), len(names), sharey=True, squeeze=False)
+    for r, j in enumerate(dims):
+        best = max(names, key=lambda n: scores[n][j])
+        for c, name in enumerate(names):
+            _factor_panel(axes[r, c], codes[name][:, :, j], name, scores[name][j], name == best)
+            if r == 0:
+                axes[r, c].set_title(name, fontsize=9)
+        axes[r, 0].set_ylabel(_latent_label(j, kl), fontsize=8, rotation=0, ha="right", va="center")
+    fig.suptitle("centred mean code per factor value (other factors averaged, band ± 1 std); "
+                 "η² = fraction of the latent's variance explained", fontsize=9)
+    return fig
+
+
+def _factor_panel(ax, codes: np.ndarray, name: str, eta2: float, best: bool) -> None:
+    """One cell of the latent-vs-factor grid: mean ± std of a latent over one factor's values."""
+    f = FACTOR_NAMES.index(name)
+    classes = np.zeros((FACTOR_SIZES[f], len(FACTOR_SIZES)), np.int64)
+    classes[:, f] = np.arange(FACTOR_SIZES[f])
+    x = latents_values(classes)[:, f]
+    # Centred on the latent's overall mean: offsets differ between latents and
+    # would otherwise hide the variation on the shared y axis.
+    mean, std = codes.mean(axis=1) - codes.mean(), codes.std(axis=1)
+    colour = "tab:red" if best else "tab:grey"
+    ax.fill_between(x, mean - std, mean + std, color=colour, alpha=0.2, lw=0)
+    ax.plot(x, mean, color=colour, lw=1.5 if best else 1, marker="." if len(x) <= 6 else None)
+    ax.text(0.03, 0.92, f"η²={eta2:.2f}", transform=ax.transAxes, fontsize=7, va="top",
+            fontweight="bold" if best else "normal")
+    if name == "shape":
+        ax.set_xticks(x, SHAPE_LABELS)
+    ax.tick_params(labelsize=6)
+
+
+# ================================================================ a run on disk
+
+@dataclass
+class Run:
+    """A trained run loaded for plotting.
+
+    Attributes
+    ----------
+    dir : ``runs/<exp>/fold<k>``
+    model : the VAE in eval mode; cfg : its config; ckpt : the checkpoint dict
+    rows : logged scalars merged by step (:func:`load_history`)
+    images : ``(N, 1, 64, 64)`` float held-out images on the model's device
+    images_from : where ``images`` came from (the validation fold, or rendered)
+    """
+
+    dir: Path
+    model: torch.nn.Module
+    cfg: Config
+    ckpt: dict
+    rows: list[dict]
+    images: torch.Tensor
+    images_from: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def kl(self) -> np.ndarray:
+        """KL per latent ``(D,)`` nats: the last validation log, else computed on :attr:`images`."""
+        kl = last_kl_per_latent(self.rows, "val")
+        return kl if kl is not None else latent_kl(self.model, self.images)
+
+    def encode(self, images: np.ndarray) -> np.ndarray:
+        """uint8 images ``(N, 64, 64)`` -> encoder means ``(N, D)``."""
+        from bcvae.train import make_encode
+
+        return make_encode(self.model, self.device, batch_size=512)(images)
+
+
+def load_run(run_dir: Path, n_images: int = 256, history: str = "auto") -> Run:
+    """Load ``run_dir``'s checkpoint, logged history and ``n_images`` held-out images.
+
+    Images are the first ``n_images`` of the run's validation fold when its fold
+    cache exists (never training data); otherwise (cache moved or deleted) they
+    are rendered procedurally from a seeded sample of factors.
+    """
+    from bcvae.evaluate import checkpoint_path, load_model
+
+    run_dir = Path(run_dir)
+    model, cfg, ckpt = load_model(checkpoint_path(run_dir))
+    rows = load_history(run_dir, history)
+    device = next(model.parameters()).device
+    images, source = _held_out_images(cfg, n_images)
+    x = torch.from_numpy(images).to(device).unsqueeze(1).float()
+    return Run(run_dir, model, cfg, ckpt, rows, x, source)
+
+
+def _held_out_images(cfg: Config, n: int) -> tuple[np.ndarray, str]:
+    """``(n, 64, 64)`` uint8 images of the validation fold, or rendered ones without a cache."""
+    from bcvae.data import cache_path, load_split
+
+    if cache_path(cfg.data).exists():
+        val = load_split(cfg.data).val
+        return val.images(np.arange(min(n, len(val)))), f"validation fold {cfg.data.fold}"
+    rng = np.random.default_rng(cfg.seed)
+    classes = np.stack([rng.integers(0, size, n) for size in FACTOR_SIZES], axis=1)
+    log.info("no fold cache at %s: plotting procedurally rendered images", cache_path(cfg.data))
+    return render_dsprites(classes), "rendered (no fold cache)"
+
+
+def write_run_plots(run_dir: Path, n_per_value: int = 32) -> list[Path]:
+    """Write every figure of a run as PNG under ``run_dir/plots/`` (``bcvae plots RUN``).
+
+    Files: ``reconstructions.png``, ``traversals.png``, ``traversals.gif``,
+    ``kl_emergence.png``, ``loss_curves.png``, ``latent_factors.png``, and
+    ``latents.json`` (the latent -> factor table and the switch-on order).
+    Returns the paths written.
+    """
+    run = load_run(run_dir)
+    out = Path(run_dir) / "plots"
+    out.mkdir(parents=True, exist_ok=True)
+    kl = run.kl()
+    codes = factor_codes(run.encode, n_per_value=n_per_value, seed=run.cfg.seed)
+    figures = {
+        "reconstructions": reconstruction_figure(run.model, run.images[:8]),
+        "traversals": traversal_figure(run.model, run.images[:1], kl),
+        "kl_emergence": kl_emergence_figure(run.rows),
+        "loss_curves": loss_curves_figure(run.rows),
+        "latent_factors": latent_factor_figure(codes, kl),
+    }
+    paths = []
+    for name, fig in figures.items():
+        paths.append(out / f"{name}.png")
+        fig.savefig(paths[-1], dpi=100)
+    frames = traversal_frames(run.model, run.images[:1], order_by_kl(kl), np.linspace(-3, 3, 13))
+    paths.append(write_traversal_gif(frames, out / "traversals.gif"))
+    paths.append(out / "latents.json")
+    summary = {"step": run.ckpt["step"], "images": run.images_from, "switch_on_nats": SWITCH_ON_NATS,
+               "switch_on_order": [{"latent": i, "step": step} for i, step in switch_on_order(run.rows)],
+               "factor_table": factor_table(codes, kl)}
+    paths[-1].write_text(json.dumps(summary, indent=2) + "\n")
+    return paths
