@@ -68,10 +68,30 @@ def lr_at(train_cfg, epoch: int) -> float:
     return train_cfg.lr * train_cfg.lr_decay ** (epoch // train_cfg.lr_decay_epochs)
 
 
-def sample_posterior(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """z ~ q(z|x) by reparameterisation, ``(B, 1, 64, 64)`` -> ``(B, D)``."""
+def sample_posterior(model: nn.Module, x: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+    """z ~ q(z|x) by reparameterisation, ``(B, 1, 64, 64)`` -> ``(B, D)``; ``eps`` ``(B, D)`` defaults to fresh noise."""
     mu, logvar = model.encode(x)
-    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+    eps = torch.randn_like(mu) if eps is None else eps
+    return mu + eps * torch.exp(0.5 * logvar)
+
+
+class Reparameterised(nn.Module):
+    """The VAE's forward pass with the noise ε passed in: ``(x (B,1,64,64), ε (B,D))`` -> logits, μ, log σ², z.
+
+    The trainer draws ε itself, for two reasons: every process can draw the
+    noise of the whole global batch and take its own rows (so N processes use
+    exactly the noise one process would), and compiled graphs contain no random
+    number generation (inductor's generator would give other samples than eager).
+    """
+
+    def __init__(self, vae: VAE):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor):
+        mu, logvar = self.vae.encode(x)
+        z = mu + torch.exp(0.5 * logvar) * eps  # as VAE.forward, which draws eps itself
+        return self.vae.decode(z), mu, logvar, z
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -192,6 +212,46 @@ def dist_context() -> tuple[int, int]:
     return dist.get_rank(), world
 
 
+def end_distributed() -> None:
+    """Tear down a torchrun worker's process group (no-op in a single process)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class _GatherRows(torch.autograd.Function):
+    """All-gather every process's rows ``(b, K)`` into the global batch ``(W·b, K)``, differentiably.
+
+    Every process then evaluates batch-level loss terms (γ·|KL − C|, the TC
+    estimators, the FactorVAE discriminator) on identical global tensors, so the
+    gradient reaching its own rows is that of the one-process loss. It is scaled
+    by W because DistributedDataParallel averages the processes' gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, rows: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        ctx.rank, ctx.world, ctx.rows = dist.get_rank(), dist.get_world_size(), rows.shape[0]
+        parts = [torch.empty_like(rows) for _ in range(ctx.world)]
+        dist.all_gather(parts, rows.contiguous())
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        start = ctx.rank * ctx.rows
+        return grad[start:start + ctx.rows] * ctx.world
+
+
+def _adam(params, lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
+    """Adam with the fused kernel (one pass over every parameter) on CPU and CUDA, where torch has it."""
+    params = list(params)
+    fused = params[0].device.type in ("cpu", "cuda")
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused)
+
+
 def _mean_terms(sums: dict, count: int, prefix: str) -> dict[str, float]:
     """Accumulated ``terms`` sums -> flat ``{prefix/key: mean}`` with per-latent KL expanded."""
     out = {}
@@ -227,6 +287,8 @@ class Trainer:
     def __init__(self, cfg: Config, *, fresh: bool = False, group: str | None = None):
         self.cfg = cfg
         self.rank, self.world = dist_context()
+        if self.rank:
+            log.setLevel(logging.WARNING)  # one process reports progress; warnings still show
         self.device = self._device()
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -260,19 +322,16 @@ class Trainer:
         seed_everything(cfg.seed)
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         self.model = VAE(cfg.model.z_dim, cfg.model.arch).to(self.device, memory_format=self.memory_format)
-        self.opt = torch.optim.Adam(self.model.parameters(), lr=cfg.train.lr,
-                                    betas=(cfg.train.adam_beta1, cfg.train.adam_beta2))
+        self.opt = _adam(self.model.parameters(), cfg.train.lr, (cfg.train.adam_beta1, cfg.train.adam_beta2))
         self.disc = self.disc_opt = None
         if cfg.loss.objective == "factor":
             self.disc = Discriminator(cfg.model.z_dim).to(self.device)
-            self.disc_opt = torch.optim.Adam(self.disc.parameters(), lr=cfg.loss.disc_lr,
-                                             betas=(cfg.loss.disc_beta1, cfg.loss.disc_beta2))
+            self.disc_opt = _adam(self.disc.parameters(), cfg.loss.disc_lr, (cfg.loss.disc_beta1, cfg.loss.disc_beta2))
+        self.model_ddp = Reparameterised(self.model)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.model_ddp = DDP(self.model)
-        else:
-            self.model_ddp = self.model
+            self.model_ddp = DDP(self.model_ddp)
 
     def _fast_model(self) -> nn.Module:
         mode = self.cfg.train.compile
@@ -350,8 +409,15 @@ class Trainer:
             os.replace(tmp, path)
 
     def _checkpoint(self) -> None:
-        if self.rank != 0:
-            return
+        """Rank 0 writes; every process waits for it, so none exits (and has torchrun stop rank 0) mid-write."""
+        if self.rank == 0:
+            self._write_checkpoint()
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+    def _write_checkpoint(self) -> None:
         for p in self.model.parameters():
             if not torch.isfinite(p).all():
                 raise TrainingError(f"parameters became non-finite by step {self.step}; "
@@ -385,27 +451,52 @@ class Trainer:
         if self.disc is not None:
             self.disc.requires_grad_(False)
         with self._amp():
-            logits, mu, logvar, z = self.train_model(x)
-            loss, terms = vae_loss(cfg.loss, x, logits.float(), mu.float(), logvar.float(), z.float(),
+            logits, mu, logvar, z = self.train_model(x, self._noise())
+            mu, logvar, z = self._global_rows(mu.float(), logvar.float(), z.float())
+            loss, terms = vae_loss(cfg.loss, x, logits.float(), mu, logvar, z,
                                    self.step, discriminator=self.disc, dataset_size=len(self.split.train))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         if self.disc is not None:
-            self.disc.requires_grad_(True)
-            with torch.no_grad(), self._amp():
-                z_other = sample_posterior(self.model, x_other).float()
-            d_loss, d_terms = discriminator_loss(self.disc, z.float(), z_other)
-            self.disc_opt.zero_grad(set_to_none=True)
-            d_loss.backward()
-            self._average_disc_grads()
-            self.disc_opt.step()
-            terms = {**terms, **d_terms}
+            terms = {**terms, **self._discriminator_step(z, x_other)}
         return terms
+
+    def _discriminator_step(self, z: torch.Tensor, x_other: torch.Tensor) -> dict:
+        """FactorVAE Alg. 2, step 2: z ``(B, D)`` of the global batch, x_other this process's share."""
+        self.disc.requires_grad_(True)
+        with torch.no_grad(), self._amp():
+            z_other = sample_posterior(self.model, x_other, self._noise()).float()
+            (z_other,) = self._global_rows(z_other)
+        d_loss, d_terms = discriminator_loss(self.disc, z, z_other)
+        self.disc_opt.zero_grad(set_to_none=True)
+        d_loss.backward()
+        self._average_disc_grads()
+        self.disc_opt.step()
+        return d_terms
+
+    def _noise(self) -> torch.Tensor:
+        """ε ~ N(0, I) for this process's rows of the global batch, ``(B/W, D)``.
+
+        Every process draws the whole ``(B, D)`` from the same generator state, so
+        W processes use exactly the noise one process would.
+        """
+        share = self.cfg.train.batch_size // self.world
+        eps = torch.randn(self.cfg.train.batch_size, self.model.z_dim, device=self.device)
+        return eps[self.rank * share:(self.rank + 1) * share]
+
+    def _global_rows(self, *parts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """This process's ``(B/W, K_i)`` tensors -> the global batch's ``(B, K_i)`` (identity in one process)."""
+        if self.world == 1:
+            return parts
+        gathered = _GatherRows.apply(torch.cat(parts, dim=1))
+        return gathered.split([p.shape[1] for p in parts], dim=1)
 
     def _average_disc_grads(self) -> None:
         """Average discriminator gradients over processes, keeping every rank's copy identical.
 
+        Every process computes the same loss on the same gathered codes, so this
+        only guards against non-deterministic kernels letting the copies drift.
         (Wrapping it in DDP would not do: its loss calls it twice per backward.)
         """
         if self.world > 1:
@@ -416,15 +507,26 @@ class Trainer:
                 p.grad /= self.world
 
     def _guarded_step(self, x, x_other) -> dict:
-        """``_train_step`` with a fallback to eager mode when the compiler fails at first use."""
+        """``_train_step`` with a fallback to eager mode when the compiler fails at first use.
+
+        The retry restores the generator first, so it draws the noise the failed
+        attempt drew and the run continues exactly as an eager run would.
+        """
+        if self.train_model is self.model_ddp:
+            return self._train_step(x, x_other)
+        cuda = [self.device] if self.device.type == "cuda" else []
+        state = torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in cuda]
         try:
             return self._train_step(x, x_other)
         except Exception as err:
-            if self.train_model is self.model_ddp or isinstance(err, TrainingError):
+            if isinstance(err, TrainingError):
                 raise
             log.warning("torch.compile failed (%s: %s); continuing in eager mode",
                         type(err).__name__, str(err).splitlines()[0] if str(err) else "")
             self.train_model = self.model_ddp
+            torch.set_rng_state(state[0])
+            for device, cuda_state in zip(cuda, state[1]):
+                torch.cuda.set_rng_state(cuda_state, device)
             return self._train_step(x, x_other)
 
     # ---- loop
@@ -457,7 +559,7 @@ class Trainer:
         for i in range(self.step_in_epoch, n_steps):
             if self._budget_reached():
                 break
-            if self._stop_signal is not None:
+            if self._stop_requested():
                 self._interrupt()
             x = train.batch(self._batch_indices(order, i), self.device).contiguous(memory_format=self.memory_format)
             x_other = None if other is None else train.batch(self._batch_indices(other, i), self.device)
@@ -480,8 +582,34 @@ class Trainer:
         return tqdm(total=total, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
                     disable=not self.cfg.log.progress or self.rank != 0, dynamic_ncols=True, leave=False)
 
+    def _stop_requested(self) -> bool:
+        """A signal arrived. Processes agree every ``log.every_train`` steps, so all stop at the same step."""
+        if self.world == 1:
+            return self._stop_signal is not None
+        if self.step % self.cfg.log.every_train:
+            return False
+        import torch.distributed as dist
+
+        flag = torch.tensor([self._stop_signal or 0], device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        self._stop_signal = int(flag.item()) or None
+        return self._stop_signal is not None
+
+    def _mean_over_ranks(self, sums: dict) -> dict:
+        """Accumulated terms averaged over processes: the global batch's numbers (equal shares)."""
+        if self.world == 1:
+            return sums
+        import torch.distributed as dist
+
+        keys = list(sums)  # the same order on every process: the same code filled it
+        flat = [torch.as_tensor(sums[k], dtype=torch.float64, device=self.device).reshape(-1) for k in keys]
+        total = torch.cat(flat)
+        dist.all_reduce(total)
+        parts = (total / self.world).split([f.numel() for f in flat])
+        return {k: part.reshape(torch.as_tensor(sums[k]).shape) for k, part in zip(keys, parts)}
+
     def _log_train(self, sums: dict, count: int, tic: float, bar) -> None:
-        values = _mean_terms(sums, count, "train")
+        values = _mean_terms(self._mean_over_ranks(sums), count, "train")
         if not math.isfinite(values["train/loss"]):
             raise TrainingError(
                 f"non-finite training loss ({values['train/loss']}) within steps {self.step - count + 1}..{self.step} "
@@ -684,7 +812,10 @@ def _json_default(obj):
 
 def train(cfg: Config, *, fresh: bool = False, group: str | None = None) -> dict:
     """Train (or resume) one run; see :class:`Trainer`."""
-    return Trainer(cfg, fresh=fresh, group=group).fit()
+    try:
+        return Trainer(cfg, fresh=fresh, group=group).fit()
+    finally:
+        end_distributed()
 
 
 def cross_validate(cfg: Config, *, fresh: bool = False) -> dict:
@@ -695,10 +826,14 @@ def cross_validate(cfg: Config, *, fresh: bool = False) -> dict:
     import copy
 
     per_fold = []
-    for fold in range(cfg.data.k):
-        fold_cfg = copy.deepcopy(cfg)
-        fold_cfg.data.fold = fold
-        per_fold.append(train(fold_cfg, fresh=fresh, group=cfg.name))
+    try:  # Trainer, not train(): that ends a torchrun worker's process group after one fold
+        for fold in range(cfg.data.k):
+            fold_cfg = copy.deepcopy(cfg)
+            fold_cfg.data.fold = fold
+            per_fold.append(Trainer(fold_cfg, fresh=fresh, group=cfg.name).fit())
+        rank = dist_context()[0]
+    finally:
+        end_distributed()
     keys = sorted({k for s in per_fold for k, v in s.items()
                    if isinstance(v, (int, float)) and k.startswith(("val/", "eval/"))})
     summary = {}
@@ -707,8 +842,9 @@ def cross_validate(cfg: Config, *, fresh: bool = False) -> dict:
         summary[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
                         "values": values.tolist()}
     out = {"experiment": cfg.name, "folds": cfg.data.k, "metrics": summary}
-    write_json(Path(cfg.run_dir) / cfg.name / "cv_summary.json", out)
-    _log_cv_summary(cfg, summary)
+    if rank == 0:
+        write_json(Path(cfg.run_dir) / cfg.name / "cv_summary.json", out)
+        _log_cv_summary(cfg, summary)
     return out
 
 

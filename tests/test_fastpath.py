@@ -1,0 +1,99 @@
+"""The fast training path (channels_last, fused Adam, torch.compile, the fallback to eager)
+computes what a plain training loop computes, within floating-point tolerance."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from bcvae import config, train
+from bcvae.data import epoch_order, load_split
+from bcvae.losses import vae_loss
+from bcvae.model import VAE
+from conftest import ROOT, smoke_overrides
+
+SMOKE = ROOT / "experiments" / "smoke.yaml"
+STEPS = 4
+
+
+def settings(tmp_path, *extra: str) -> config.Config:
+    return config.load(SMOKE, smoke_overrides(tmp_path) + [
+        f"train.max_steps={STEPS}", "log.every_train=1", "log.every_images=1000", "log.wandb_mode=disabled",
+        "eval.at_end=false", "train.threads=1", "train.val_max_batches=1", *extra])
+
+
+def trained(tmp_path, *extra: str, compiled: bool = False) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """Per-step training losses and final parameters of the trainer with ``extra`` overrides.
+
+    ``compiled``: the run must have trained compiled (not fallen back to eager).
+    """
+    cfg = settings(tmp_path, *extra)
+    trainer = train.Trainer(cfg)
+    trainer.fit()
+    assert (trainer.train_model is not trainer.model_ddp) == compiled
+    rows = train.track.read_jsonl(train.run_dir_for(cfg) / "metrics.jsonl")
+    return [r["train/loss"] for r in rows if "train/loss" in r], trainer.model.state_dict()
+
+
+def plain_loop(cfg: config.Config) -> tuple[list[float], dict[str, torch.Tensor]]:
+    """The same training written plainly: contiguous tensors, eager, torch's default Adam, VAE.forward."""
+    split = load_split(cfg.data)
+    torch.manual_seed(cfg.seed)
+    model = VAE(cfg.model.z_dim, cfg.model.arch)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr, betas=(cfg.train.adam_beta1, cfg.train.adam_beta2))
+    b, order, losses = cfg.train.batch_size, epoch_order(len(split.train), cfg.seed, 0), []
+    for step in range(STEPS):
+        x = torch.from_numpy(split.train.images(order[step * b:(step + 1) * b])).unsqueeze(1).float()
+        logits, mu, logvar, z = model(x)
+        loss, _ = vae_loss(cfg.loss, x, logits, mu, logvar, z, step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses, model.state_dict()
+
+
+def assert_close(a: tuple, b: tuple, rtol: float = 1e-4, atol: float = 1e-5) -> None:
+    (loss_a, params_a), (loss_b, params_b) = a, b
+    assert len(loss_a) == len(loss_b) == STEPS
+    np.testing.assert_allclose(loss_a, loss_b, rtol=rtol)
+    for key in params_a:
+        torch.testing.assert_close(params_a[key], params_b[key], rtol=rtol, atol=atol, msg=key)
+
+
+def test_default_fast_path_matches_a_plain_training_loop(tmp_path):
+    fast = trained(tmp_path / "fast")  # the defaults: channels_last, fused Adam, compile=auto
+    assert_close(fast, plain_loop(settings(tmp_path / "fast")))
+
+
+def test_channels_last_on_and_off_give_the_same_training(tmp_path):
+    on = trained(tmp_path / "on", "train.channels_last=true", 'train.compile="off"')
+    off = trained(tmp_path / "off", "train.channels_last=false", 'train.compile="off"')
+    assert_close(on, off)
+
+
+def test_trainer_uses_fused_adam_where_torch_has_it(tmp_path):
+    trainer = train.Trainer(settings(tmp_path, "loss.objective=factor"))
+    assert trainer.opt.defaults["fused"] and trainer.disc_opt.defaults["fused"]
+
+
+def test_a_failing_compiler_falls_back_to_eager_with_the_same_result(tmp_path, monkeypatch, caplog):
+    def broken_compile(module, **kwargs):
+        def call(*args):
+            raise RuntimeError("C++ compiler not found (simulated)")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    with caplog.at_level(logging.WARNING, logger="bcvae"):
+        fallback = trained(tmp_path / "broken", 'train.compile="on"')
+    assert any("continuing in eager mode" in r.message for r in caplog.records)
+    assert_close(fallback, trained(tmp_path / "eager", 'train.compile="off"'), rtol=1e-6, atol=0)
+
+
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path):
+    compiled_run = trained(tmp_path / "compiled", 'train.compile="on"', compiled=True)
+    assert_close(compiled_run, trained(tmp_path / "eager", 'train.compile="off"'))
