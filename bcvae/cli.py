@@ -81,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetError, TrainingError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except OSError as err:  # the machine's fault (disk full, permissions), not the code's: no traceback
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C outside training (which checkpoints instead), e.g. a cache build
+        print("stopped: interrupted (SIGINT). Run the same command again.", file=sys.stderr)
+        return 128 + 2
 
 
 def _dispatch(args) -> int:

@@ -169,10 +169,11 @@ class Config:
 
 
 # Keys that may change when a run resumes: budgets, logging, evaluation and
-# execution details do not alter the trajectory already on disk.
+# execution details do not alter the trajectory already on disk. (A moved
+# data.cache_dir rebuilds the same, provenance-checked cache.)
 RESUMABLE_CHANGES = (
     "train.epochs", "train.max_steps", "train.device", "train.compile", "train.threads",
-    "train.val_batch_size", "train.val_max_batches", "log.", "eval.", "run_dir",
+    "train.val_batch_size", "train.val_max_batches", "log.", "eval.", "run_dir", "data.cache_dir",
 )
 
 
@@ -193,7 +194,10 @@ def load(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+        # str(err) spans several lines and names "<unicode string>": keep one line naming the file.
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: must be a mapping of keys to values, got {type(raw).__name__}")
     cfg = Config(name=path.stem)

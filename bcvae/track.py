@@ -15,6 +15,8 @@ import logging
 import math
 import netrc
 import os
+import secrets
+import string
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,15 @@ def resolve_mode(mode: str) -> str:
     if mode == "auto":
         return "online" if wandb_credentials_configured() else "offline"
     return mode
+
+
+def new_run_id() -> str:
+    """A fresh W&B-style run id (8 lowercase letters and digits).
+
+    Drawn from ``os.urandom``, so the seeded RNGs of the run are left untouched.
+    """
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(8))
 
 
 class Tracker:
@@ -92,7 +103,7 @@ class Tracker:
             self.run_id = self.run.id
         except Exception as err:  # any tracker failure must not lose the run
             log.warning("W&B could not start (%s: %s); continuing with the local log %s only",
-                        type(err).__name__, err, self.jsonl_path)
+                        type(err).__name__, " ".join(str(err).split()), self.jsonl_path)  # one line
             self.run = None
 
     def log(self, metrics: dict[str, Any], step: int) -> None:

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import random
+import re
 import signal
 import time
 from pathlib import Path
@@ -36,6 +37,8 @@ from bcvae.model import VAE, Discriminator
 log = logging.getLogger("bcvae")
 
 CHECKPOINT_VERSION = 1
+# What resuming reads from every checkpoint (FactorVAE runs also need "disc" and "disc_opt").
+CHECKPOINT_KEYS = ("config", "model", "opt", "step", "epoch", "step_in_epoch", "rng")
 
 
 class TrainingError(RuntimeError):
@@ -123,7 +126,7 @@ def load_checkpoint(path: Path) -> dict:
         raise CheckpointError(f"checkpoint not found: {path}") from None
     except Exception as err:
         raise CheckpointError(
-            f"checkpoint {path} is truncated, corrupt or not a bcvae checkpoint ({type(err).__name__}: {err})"
+            f"checkpoint {path} is truncated, corrupt or not a bcvae checkpoint ({_load_failure(err)})"
         ) from None
     version = ckpt.get("version") if isinstance(ckpt, dict) else None
     if not isinstance(version, int):
@@ -132,7 +135,20 @@ def load_checkpoint(path: Path) -> dict:
         raise CheckpointError(
             f"{path} has checkpoint format {version}, newer than this code's {CHECKPOINT_VERSION}; update bcvae"
         )
+    missing = [key for key in CHECKPOINT_KEYS if key not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path} is not a complete bcvae checkpoint (missing {', '.join(missing)})")
     return ckpt
+
+
+def _load_failure(err: Exception) -> str:
+    """One line on why ``torch.load`` failed. Its weights-only refusal spans paragraphs and
+    suggests ``weights_only=False``, which would run whatever code the file names."""
+    unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+    if unsafe:
+        return f"it holds a pickled {unsafe.group(1)} object, which is never unpickled"
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 
 def rng_state() -> dict:
@@ -370,11 +386,20 @@ class Trainer:
             import torch.distributed as dist
 
             dist.barrier()
+        if self.rank == 0:  # temporaries of checkpoint writes that a kill interrupted
+            for tmp in self.dir.glob(f".{self.ckpt_path.name}.tmp-*"):
+                tmp.unlink(missing_ok=True)
         if self.ckpt_path.exists():
             self._restore(load_checkpoint(self.ckpt_path))
-        elif self.rank == 0:
+            return
+        if self.rank == 0:
             self.dir.mkdir(parents=True, exist_ok=True)
             config_mod.save(self.cfg, self.dir / "config.yaml")
+            self._truncate_log(0)  # rows of an attempt killed before its first checkpoint
+        # A step-0 checkpoint naming the W&B run before W&B starts: a kill within the first
+        # epoch then resumes the same W&B run and log instead of starting a second one.
+        self.run_id = track.new_run_id()
+        self._checkpoint()
 
     def _restore(self, ckpt: dict) -> None:
         conflicts = config_mod.resume_conflicts(ckpt["config"], self.cfg)
@@ -386,12 +411,14 @@ class Trainer:
             self.model.load_state_dict(ckpt["model"])
             if self.disc is not None:
                 self.disc.load_state_dict(ckpt["disc"])
-        except (RuntimeError, KeyError) as err:
-            first = str(err).strip().splitlines()[0]
-            raise CheckpointError(f"{self.ckpt_path} holds a different architecture: {first}") from None
-        self.opt.load_state_dict(ckpt["opt"])
-        if self.disc_opt is not None:
-            self.disc_opt.load_state_dict(ckpt["disc_opt"])
+            self.opt.load_state_dict(ckpt["opt"])
+            if self.disc_opt is not None:
+                self.disc_opt.load_state_dict(ckpt["disc_opt"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as err:
+            # load_state_dict's first line is only a heading; the second names the parameter.
+            lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+            detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(err).__name__)
+            raise CheckpointError(f"{self.ckpt_path} holds a different architecture: {detail}") from None
         self.step, self.epoch, self.step_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["step_in_epoch"]
         self.run_id = ckpt.get("wandb_run_id")
         set_rng_state(ckpt["rng"])

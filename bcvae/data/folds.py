@@ -24,6 +24,7 @@ version or provenance no longer matches, or that cannot be read, is rebuilt.
 from __future__ import annotations
 
 import errno
+import io
 import logging
 import os
 import time
@@ -301,6 +302,8 @@ def _procedural_images(index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _npz_images(npz: Path, index: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
     """Packed images, classes and provenance attributes of images ``index`` of the real file."""
+    if not npz.is_file():
+        load_dsprites_npz(npz)  # raises DatasetError: file not found, and where to get it
     stat = npz.stat()  # before reading: a later change then shows up as a changed mtime
     imgs, all_classes, _ = load_dsprites_npz(npz)
     if len(index) < len(imgs):
@@ -323,9 +326,14 @@ def _write_atomic(path: Path, arrays: dict[str, np.ndarray], attrs: dict) -> Non
     """
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        with h5py.File(tmp, "w") as f:
-            _write_datasets(f, arrays)
-            f.attrs.update(attrs)
+        # HDF5 builds the file in memory, then one plain write puts it on disk: HDF5 itself
+        # turns a full disk into a RuntimeError and can crash the interpreter at exit.
+        with open(tmp, "wb") as out:
+            image = io.BytesIO()
+            with h5py.File(image, "w") as f:
+                _write_datasets(f, arrays)
+                f.attrs.update(attrs)
+            out.write(image.getbuffer())
         _fsync(tmp)
         os.replace(tmp, path)
         _fsync(path.parent)  # make the rename itself durable
