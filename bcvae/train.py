@@ -37,6 +37,10 @@ from bcvae.model import VAE, Discriminator
 log = logging.getLogger("bcvae")
 
 CHECKPOINT_VERSION = 1
+COMPILE_MIN_IMAGES_CPU = 1_000_000
+"""``train.compile=auto`` compiles CPU runs that will train on at least this many images: compiling
+costs 3-35 s on 2 cores (less once inductor's on-disk cache is warm) and saves about 10 % of each
+step (benchmarks/README.md), so it pays within minutes of training; smoke runs stay eager."""
 # What resuming reads from every checkpoint (FactorVAE runs also need "disc" and "disc_opt").
 CHECKPOINT_KEYS = ("config", "model", "opt", "step", "epoch", "step_in_epoch", "rng")
 
@@ -177,20 +181,61 @@ def seed_everything(seed: int) -> None:
 
 # ---------------------------------------------------------------- encoding
 
-def make_encode(model: nn.Module, device: torch.device, batch_size: int = 1024,
-                channels_last: bool = True) -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 images ``(N, 64, 64)`` -> posterior means ``(N, D)`` float32, in large no-grad batches."""
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+ENCODE_COMPILE_AFTER = 50_000
+"""Images ``make_encode(compile="auto")`` encodes on a CPU before compiling the encoder: compiling
+costs 5-20 s there and then encodes about 1.6× faster (benchmarks/README.md), so only large
+evaluations (the metrics' defaults encode most of the dataset) win."""
 
-    @torch.no_grad()
+
+class _Encoder:
+    """``model.encode`` ``(B, 1, 64, 64)`` -> (μ, log σ²), compiled once it pays; eager again if compiling fails."""
+
+    def __init__(self, model: nn.Module, device: torch.device, compile: str, batch_size: int,
+                 fmt: torch.memory_format):
+        self.model, self.device, self.policy, self.batch_size, self.fmt = model, device, compile, batch_size, fmt
+        self.compiled, self.images = None, 0
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(x)
+        self.images += n
+        due = self.policy == "on" or (self.policy == "auto" and (
+            self.device.type == "cuda" or self.images > ENCODE_COMPILE_AFTER))
+        if self.compiled is None and due:
+            self.compiled = torch.compile(self.model.encode)
+        if self.compiled:
+            try:  # always a full batch: one shape, one compilation
+                full = x
+                if n < self.batch_size:
+                    full = torch.cat([x, x.new_zeros((self.batch_size - n,) + x.shape[1:])])
+                mu, logvar = self.compiled(full.contiguous(memory_format=self.fmt))
+                return mu[:n], logvar[:n]
+            except Exception as err:  # compiler unavailable or failing on this platform
+                log.warning("torch.compile of the encoder failed (%s); encoding in eager mode", type(err).__name__)
+                self.compiled = False
+        return self.model.encode(x)
+
+
+def make_encode(model: nn.Module, device: torch.device, batch_size: int = 1024, channels_last: bool = True,
+                compile: str = "auto") -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 images ``(N, 64, 64)`` -> posterior means ``(N, D)`` float32, in large inference-mode batches.
+
+    ``compile``: ``"on"``, ``"off"`` or ``"auto"`` (at once on CUDA; on a CPU after
+    :data:`ENCODE_COMPILE_AFTER` images). A failing compiler falls back to eager mode.
+    """
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    encoder = _Encoder(model, device, compile, batch_size, fmt)
+
+    @torch.inference_mode()
     def encode(images: np.ndarray) -> np.ndarray:
         was_training = model.training
         model.eval()
         out = []
         for start in range(0, len(images), batch_size):
             chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
+            if device.type == "cuda":
+                chunk = chunk.pin_memory()  # lets the copy below run asynchronously
             x = chunk.to(device, non_blocking=True).unsqueeze(1).float().contiguous(memory_format=fmt)
-            out.append(model.encode(x)[0].float().cpu())
+            out.append(encoder(x)[0].float().cpu())
         model.train(was_training)
         return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 
@@ -350,14 +395,24 @@ class Trainer:
             self.model_ddp = DDP(self.model_ddp)
 
     def _fast_model(self) -> nn.Module:
+        """The module the training step calls: compiled (``train.compile``) or the eager one."""
         mode = self.cfg.train.compile
-        if mode == "off" or (mode == "auto" and self.device.type != "cuda"):
+        if mode == "off" or (mode == "auto" and not self._compile_pays()):
             return self.model_ddp
         try:
             return torch.compile(self.model_ddp)
         except Exception as err:  # compiler unavailable on this platform
             log.warning("torch.compile unavailable (%s); training in eager mode", err)
             return self.model_ddp
+
+    def _compile_pays(self) -> bool:
+        """``train.compile=auto``: always on CUDA; on a CPU for runs of at least COMPILE_MIN_IMAGES_CPU images."""
+        if self.device.type == "cuda":
+            return True
+        steps = self.cfg.train.epochs * self.steps_per_epoch()
+        if self.cfg.train.max_steps:
+            steps = min(steps, self.cfg.train.max_steps)
+        return (steps - self.step) * self.cfg.train.batch_size >= COMPILE_MIN_IMAGES_CPU
 
     def _amp(self):
         amp = self.cfg.train.amp

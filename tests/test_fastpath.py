@@ -93,7 +93,71 @@ def test_a_failing_compiler_falls_back_to_eager_with_the_same_result(tmp_path, m
     assert_close(fallback, trained(tmp_path / "eager", 'train.compile="off"'), rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("epochs, compiled", [(2, False), (2000, True)])
+def test_compile_auto_compiles_cpu_runs_long_enough_to_repay_it(tmp_path, epochs, compiled):
+    # smoke: 20 steps × 32 images per epoch; 2000 epochs reach train.COMPILE_MIN_IMAGES_CPU
+    assert (2000 * 20 * 32 >= train.COMPILE_MIN_IMAGES_CPU) and (2 * 20 * 32 < train.COMPILE_MIN_IMAGES_CPU)
+    trainer = train.Trainer(settings(tmp_path, "train.max_steps=0", f"train.epochs={epochs}"))
+    assert (trainer.train_model is not trainer.model_ddp) == compiled  # torch.compile wraps lazily: no cost here
+
+
 @pytest.mark.slow
 def test_compiled_training_matches_eager(tmp_path):
     compiled_run = trained(tmp_path / "compiled", 'train.compile="on"', compiled=True)
     assert_close(compiled_run, trained(tmp_path / "eager", 'train.compile="off"'))
+
+
+# ------------------------------------------------------------------ encoding for the metrics
+
+def encoded_reference(model: VAE, images: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model.eval().encode(torch.from_numpy(images).unsqueeze(1).float())[0].numpy()
+
+
+@pytest.fixture
+def model_and_images():
+    torch.manual_seed(0)
+    images = (np.random.default_rng(0).random((300, 64, 64)) > 0.8).astype(np.uint8)
+    return VAE(10, "burgess").to(memory_format=torch.channels_last), images
+
+
+def test_encode_in_batches_gives_the_encoder_mean(model_and_images):
+    model, images = model_and_images
+    codes = train.make_encode(model, torch.device("cpu"), batch_size=128, compile="off")(images)
+    np.testing.assert_allclose(codes, encoded_reference(model, images), rtol=1e-5, atol=1e-6)
+
+
+def test_compiled_encode_pads_the_last_batch_and_returns_only_real_rows(model_and_images, monkeypatch):
+    model, images = model_and_images
+    shapes = []
+
+    def recording_compile(fn, **kwargs):  # stands in for the compiler: same function, shapes recorded
+        def call(x):
+            shapes.append(tuple(x.shape))
+            return fn(x)
+        return call
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    codes = train.make_encode(model, torch.device("cpu"), batch_size=128, compile="on")(images)
+    assert shapes == [(128, 1, 64, 64)] * 3  # 300 images: 128 + 128 + (44 padded to 128)
+    np.testing.assert_allclose(codes, encoded_reference(model, images), rtol=1e-5, atol=1e-6)
+
+
+def test_encode_falls_back_to_eager_when_the_compiler_fails(model_and_images, monkeypatch, caplog):
+    model, images = model_and_images
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: _raise)
+    with caplog.at_level(logging.WARNING, logger="bcvae"):
+        codes = train.make_encode(model, torch.device("cpu"), batch_size=128, compile="on")(images)
+    assert any("encoding in eager mode" in r.message for r in caplog.records)
+    np.testing.assert_allclose(codes, encoded_reference(model, images), rtol=1e-5, atol=1e-6)
+
+
+def _raise(*args):
+    raise RuntimeError("C++ compiler not found (simulated)")
+
+
+@pytest.mark.slow
+def test_compiled_encode_matches_eager(model_and_images):
+    model, images = model_and_images
+    codes = train.make_encode(model, torch.device("cpu"), batch_size=128, compile="on")(images)
+    np.testing.assert_allclose(codes, encoded_reference(model, images), rtol=1e-4, atol=1e-5)
