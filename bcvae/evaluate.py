@@ -64,6 +64,25 @@ def evaluate_checkpoint(ckpt_path: Path, metric_names, *, seed: int = 0, num_poi
     return result
 
 
+def heldout_loss(ckpt_path: Path, seed: int = 0) -> dict[str, float]:
+    """Loss terms of a checkpoint over its whole held-out fold: ``{"val/rec": ..., "val/kl": ...}``."""
+    import numpy as np
+
+    from bcvae.data import load_split
+    from bcvae.model import Discriminator
+    from bcvae.train import heldout_terms
+
+    model, cfg, ckpt = load_model(ckpt_path)
+    device = next(model.parameters()).device
+    disc = None
+    if cfg.loss.objective == "factor":
+        disc = Discriminator(cfg.model.z_dim).to(device)
+        disc.load_state_dict(ckpt["disc"])
+    split = load_split(cfg.data)
+    return heldout_terms(model, disc, split.val, np.arange(len(split.val)), cfg, ckpt["step"], device,
+                         seed=seed, dataset_size=len(split.train))
+
+
 @torch.inference_mode()
 def encode_all(model: VAE, data, device: torch.device, batch_size: int = 2048):
     """Posterior (μ, log σ²) of every image, each ``(737280, D)`` float32 in the real file's order."""

@@ -56,21 +56,22 @@ def train_one(experiment: str, seed: int, *, threads: int, overrides: list[str],
 
 
 def evaluate_run(run_dir: Path, experiment: str, seed: int, budget: str, num_points: int) -> dict:
-    """One results row: validation NLL and KL, every metric, and the latent analysis."""
+    """One results row: NLL and KL over the whole held-out fold, every metric, the latent analysis."""
     from bcvae import track, viz
-    from bcvae.evaluate import evaluate_checkpoint, load_model
+    from bcvae.evaluate import evaluate_checkpoint, heldout_loss, load_model
     from bcvae.train import make_encode, write_json
 
     result = evaluate_checkpoint(run_dir / "checkpoint.pt", METRICS, seed=seed, num_points=num_points)
     write_json(run_dir / "eval.json", result)
     s = result["scores"]
     summary = json.loads((run_dir / "summary.json").read_text())
+    heldout = heldout_loss(run_dir / "checkpoint.pt", seed=seed)  # the whole held-out fold
     model, cfg, _ = load_model(run_dir / "checkpoint.pt")
     rows = track.read_jsonl(run_dir / "metrics.jsonl")
     encode = make_encode(model, next(model.parameters()).device)
     return {
         "experiment": experiment, "objective": cfg.loss.objective, "seed": seed, "budget": budget,
-        "steps": summary.get("step"), "recon_nll": summary.get("val/rec"), "kl": summary.get("val/kl"),
+        "steps": summary.get("step"), "recon_nll": heldout["val/rec"], "kl": heldout["val/kl"],
         "mig": s.get("mig"), "factor_vae_score": s.get("factor_vae"), "beta_vae_score": s.get("beta_vae"),
         "dci_disentanglement": (s.get("dci") or {}).get("disentanglement"), "sap": s.get("sap"),
         "switch_on_order": [list(map(_plain, x)) for x in viz.switch_on_order(rows)],

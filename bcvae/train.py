@@ -259,6 +259,47 @@ def image_source(provenance: dict, all_images: Callable[[], FoldData]) -> Callab
     return lambda classes: data.images(position[np.ravel_multi_index(np.asarray(classes).T, FACTOR_SIZES)])
 
 
+# ---------------------------------------------------------------- validation
+
+def validation_indices(n: int, batch_size: int, max_batches: int, seed: int) -> np.ndarray:
+    """Positions of the held-out images to validate on: all of them, or, when
+    ``max_batches`` limits it, a fixed random sample — the fold is stored sorted by
+    factors, so its first images would all be small squares."""
+    if not max_batches or max_batches * batch_size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[: max_batches * batch_size])
+
+
+@torch.no_grad()
+def heldout_terms(model: nn.Module, disc: nn.Module | None, data: FoldData, indices: np.ndarray, cfg: Config,
+                  step: int, device: torch.device, *, seed: int, dataset_size: int,
+                  memory_format=torch.channels_last, on_batch=None) -> dict[str, float]:
+    """Loss terms of ``model`` averaged over ``data[indices]`` as ``{"val/<term>": value}``.
+
+    Runs under a forked RNG seeded with ``seed``, so it is reproducible and leaves
+    the caller's random stream untouched.
+    """
+    b = cfg.train.val_batch_size
+    was_training = model.training
+    model.eval()
+    sums, count = {}, 0
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for j, start in enumerate(range(0, len(indices), b)):
+            idx = indices[start:start + b]
+            x = data.batch(idx, device).contiguous(memory_format=memory_format)
+            logits, mu, logvar, z = model(x)
+            _, terms = vae_loss(cfg.loss, x, logits, mu, logvar, z, step, discriminator=disc,
+                                dataset_size=dataset_size)
+            _accumulate(sums, terms, weight=len(idx))
+            count += len(idx)
+            if on_batch is not None:
+                on_batch(j, x)
+    model.train(was_training)
+    return _mean_terms(sums, count, "val")
+
+
 # ---------------------------------------------------------------- distributed
 
 def dist_context() -> tuple[int, int]:
@@ -725,36 +766,24 @@ class Trainer:
         self.tracker.log_gif("images/traversal_gif", gif, self.step)
         self.model.train()
 
-    @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Average loss terms over the held-out fold (never training data).
 
         Sampling uses a forked RNG seeded by (seed, epoch): validation is
         reproducible and leaves the training RNG untouched, so resuming is exact.
         """
-        cfg, val = self.cfg, self.split.val
-        b = cfg.train.val_batch_size
-        n_batches = -(-len(val) // b)
-        if cfg.train.val_max_batches:
-            n_batches = min(n_batches, cfg.train.val_max_batches)
-        self.model.eval()
-        sums, count = {}, 0
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(cfg.seed * 1_000_003 + self.epoch)
-            for j in range(n_batches):
-                idx = np.arange(j * b, min((j + 1) * b, len(val)))
-                x = val.batch(idx, self.device).contiguous(memory_format=self.memory_format)
-                logits, mu, logvar, z = self.model(x)
-                _, terms = vae_loss(cfg.loss, x, logits, mu, logvar, z, self.step,
-                                    discriminator=self.disc, dataset_size=len(self.split.train))
-                _accumulate(sums, terms, weight=len(idx))
-                count += len(idx)
-                if j % cfg.log.every_val_images == 0 and self.tracker is not None:
-                    self.tracker.log_image("images/val_reconstruction", viz.reconstruction_grid(self.model, x[:8]),
-                                           self.step, caption=f"validation batch {j}")
-        self.model.train()
-        return _mean_terms(sums, count, "val")
+        cfg = self.cfg
+
+        def log_images(j: int, x: torch.Tensor) -> None:
+            if j % cfg.log.every_val_images == 0 and self.tracker is not None:
+                self.tracker.log_image("images/val_reconstruction", viz.reconstruction_grid(self.model, x[:8]),
+                                       self.step, caption=f"validation batch {j}")
+
+        indices = validation_indices(len(self.split.val), cfg.train.val_batch_size, cfg.train.val_max_batches,
+                                     cfg.data.fold_seed)
+        return heldout_terms(self.model, self.disc, self.split.val, indices, cfg, self.step, self.device,
+                             seed=cfg.seed * 1_000_003 + self.epoch, dataset_size=len(self.split.train),
+                             memory_format=self.memory_format, on_batch=log_images)
 
     def evaluate(self, metric_names) -> dict:
         """Disentanglement metrics of the encoder mean (see :mod:`bcvae.metrics`)."""

@@ -18,7 +18,9 @@ def test_rows_from_a_real_run(smoke_run, tmp_path, monkeypatch):
     row = reproduce.evaluate_run(smoke_run, "smoke", 0, "test", num_points=500)
     assert REQUIRED <= set(row)
     summary = json.loads((smoke_run / "summary.json").read_text())
-    assert row["recon_nll"] == summary["val/rec"] and row["kl"] == summary["val/kl"]
+    # smoke validates on its whole 200-image fold: the same images, another noise draw
+    assert row["recon_nll"] == pytest.approx(summary["val/rec"], rel=0.05)
+    assert row["kl"] == pytest.approx(summary["val/kl"], rel=0.05)
     assert 0 <= row["mig"] <= 1 and row["objective"] == "capacity"
     assert all(isinstance(latent, int) for latent, _ in row["switch_on_order"])
     assert {d["latent"] for d in row["latent_factors"]} == set(range(10))

@@ -304,3 +304,13 @@ def test_cli_config_error_exits_2_with_one_line(tmp_path):
                           capture_output=True, text=True, env={**os.environ, "WANDB_MODE": "offline"})
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "did you mean 'train.lr'" in proc.stderr
+
+
+def test_limited_validation_samples_the_whole_fold():
+    n, b = 73_728, 1024
+    idx = train.validation_indices(n, b, 8, seed=0)
+    assert len(idx) == 8 * b and len(set(idx)) == len(idx)
+    # the stored fold is sorted by factors: a fair sample reaches its last tenth, not just its start
+    assert idx.min() < n // 10 and idx.max() > n - n // 10
+    assert np.array_equal(idx, train.validation_indices(n, b, 8, seed=0))
+    assert np.array_equal(train.validation_indices(n, b, 0, seed=0), np.arange(n))
