@@ -97,6 +97,9 @@ class Tracker:
                 project=project, entity=entity or None, name=name, group=group,
                 id=self.run_id, resume="allow", dir=str(self.run_dir), mode=mode,
                 config={**config, "provenance": provenance},
+                # Each Tracker is its own run: W&B's default would hand back any run
+                # still open in this process and log this run's data into it.
+                reinit="create_new",
                 settings=wandb.Settings(console="off", x_disable_stats=True, save_code=False),
             )
             self._wandb = wandb

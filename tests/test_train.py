@@ -314,3 +314,12 @@ def test_limited_validation_samples_the_whole_fold():
     assert idx.min() < n // 10 and idx.max() > n - n // 10
     assert np.array_equal(idx, train.validation_indices(n, b, 8, seed=0))
     assert np.array_equal(train.validation_indices(n, b, 0, seed=0), np.arange(n))
+
+
+def test_each_run_logs_to_its_own_wandb_run_even_if_another_is_open(tmp_path):
+    # A trainer built but never fitted leaves its W&B run open in this process.
+    train.Trainer(load(tmp_path / "open"))
+    cfg = load(tmp_path / "second", "train.max_steps=5")
+    train.train(cfg)
+    rows = wandb_records.history(train.run_dir_for(cfg))
+    assert any("train/loss" in r for r in rows), "the second run's scalars must land in its own run"
