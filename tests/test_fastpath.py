@@ -75,6 +75,13 @@ def test_channels_last_on_and_off_give_the_same_training(tmp_path):
     assert_close(on, off)
 
 
+def test_bf16_autocast_on_cpu_is_an_opt_in_close_to_float32(tmp_path):
+    bf16 = trained(tmp_path / "bf16", "train.amp=bf16")
+    fp32 = trained(tmp_path / "fp32", 'train.amp="off"')
+    assert bf16[0] != fp32[0]  # bf16 convolutions really ran ...
+    np.testing.assert_allclose(bf16[0], fp32[0], rtol=2e-2)  # ... to bf16 precision (8 mantissa bits)
+
+
 def test_trainer_uses_fused_adam_where_torch_has_it(tmp_path):
     trainer = train.Trainer(settings(tmp_path, "loss.objective=factor"))
     assert trainer.opt.defaults["fused"] and trainer.disc_opt.defaults["fused"]
@@ -93,11 +100,10 @@ def test_a_failing_compiler_falls_back_to_eager_with_the_same_result(tmp_path, m
     assert_close(fallback, trained(tmp_path / "eager", 'train.compile="off"'), rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("epochs, compiled", [(2, False), (2000, True)])
-def test_compile_auto_compiles_cpu_runs_long_enough_to_repay_it(tmp_path, epochs, compiled):
-    # smoke: 20 steps × 32 images per epoch; 2000 epochs reach train.COMPILE_MIN_IMAGES_CPU
-    assert (2000 * 20 * 32 >= train.COMPILE_MIN_IMAGES_CPU) and (2 * 20 * 32 < train.COMPILE_MIN_IMAGES_CPU)
-    trainer = train.Trainer(settings(tmp_path, "train.max_steps=0", f"train.epochs={epochs}"))
+@pytest.mark.parametrize("mode, compiled", [("auto", False), ("on", True), ("off", False)])
+def test_compile_setting_on_a_cpu(tmp_path, mode, compiled):
+    # auto compiles on CUDA only: on a CPU it slowed the default model down (benchmarks/README.md)
+    trainer = train.Trainer(settings(tmp_path, "train.max_steps=0", "train.epochs=2000", f'train.compile="{mode}"'))
     assert (trainer.train_model is not trainer.model_ddp) == compiled  # torch.compile wraps lazily: no cost here
 
 
