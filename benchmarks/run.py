@@ -316,13 +316,15 @@ def table(r: dict) -> str:
     return "\n".join(lines)
 
 
-def write(result: dict) -> Path:
+def write(result: dict) -> tuple[Path, Path]:
+    """``latest.json`` (``latest-quick.json`` for --quick, so it never replaces a full run) + a dated copy."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = json.dumps(result, indent=2, default=float) + "\n"
-    dated = RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    dated = RESULTS / f"{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if result['quick'] else ''}.json"
+    latest = RESULTS / ("latest-quick.json" if result["quick"] else "latest.json")
     dated.write_text(text)
-    (RESULTS / "latest.json").write_text(text)
-    return dated
+    latest.write_text(text)
+    return latest, dated
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -337,9 +339,9 @@ def main(argv: list[str] | None = None) -> None:
     tic = time.perf_counter()
     result = run(opts)
     result["seconds_total"] = time.perf_counter() - tic
-    dated = write(result)
+    latest, dated = write(result)
     print("\n" + table(result))
-    print(f"\nwrote {RESULTS / 'latest.json'} and {dated.name} in {result['seconds_total']:.0f} s")
+    print(f"\nwrote {latest} and {dated.name} in {result['seconds_total']:.0f} s")
 
 
 def run(opts) -> dict:

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 
 import numpy as np
@@ -26,10 +28,14 @@ from bcvae.model import VAE
 from bcvae.train import Reparameterised, Trainer
 
 
+_RUNS = tempfile.mkdtemp(prefix="bcvae-bench-")  # run directories of this process, removed at exit
+atexit.register(shutil.rmtree, _RUNS, ignore_errors=True)
+
+
 def bench_config(arch: str, z_dim: int, batch: int, cache_dir: str, subset: int, **train) -> config.Config:
     """A run config for timing: no W&B, no progress bar, no evaluation, its own temporary run_dir."""
     return config.from_dict({
-        "name": "bench", "run_dir": tempfile.mkdtemp(prefix="bcvae-bench-"),
+        "name": "bench", "run_dir": tempfile.mkdtemp(dir=_RUNS),
         "data": {"source": "procedural", "cache_dir": cache_dir, "subset": subset},
         "model": {"arch": arch, "z_dim": z_dim},
         # 100 epochs: a long run, so every setting decides as it would for a real experiment
