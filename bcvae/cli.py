@@ -8,8 +8,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
+
+# Idle OpenMP threads yield instead of spinning (set before torch loads its
+# OpenMP runtime): on a shared machine spinning threads steal the cores the
+# other process needs (measured 6.4x slower training, benchmarks/README.md).
+# Set OMP_WAIT_POLICY=ACTIVE yourself on a dedicated machine if it is faster there.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 log = logging.getLogger("bcvae")
 

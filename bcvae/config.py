@@ -314,6 +314,8 @@ def _coerce(value: Any, hint: str, dotted: str, source: str, lenient_floats: boo
     if hint == "str":
         if isinstance(value, str):
             return value
+        if isinstance(value, bool):  # YAML 1.1 reads on/off as booleans (train.compile: off)
+            return "on" if value else "off"
         raise ConfigError(f"{where}: expected a string, got {value!r}")
     if hint == "list":
         if isinstance(value, list):

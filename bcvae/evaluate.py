@@ -84,15 +84,17 @@ def heldout_loss(ckpt_path: Path, seed: int = 0) -> dict[str, float]:
 
 
 @torch.inference_mode()
-def encode_all(model: VAE, data, device: torch.device, batch_size: int = 2048):
+def encode_all(model: VAE, data, device: torch.device, batch_size: int = 1024):
     """Posterior (μ, log σ²) of every image, each ``(737280, D)`` float32 in the real file's order."""
     import numpy as np
 
+    from bcvae.train import Encoder
+
+    encoder = Encoder(model, device, "auto", batch_size, torch.channels_last)  # compiles once it pays
     mus, logvars = [], []
     for start in range(0, len(data), batch_size):
-        idx = np.arange(start, min(start + batch_size, len(data)))
-        x = data.batch(idx, device).contiguous(memory_format=torch.channels_last)
-        mu, logvar = model.encode(x)
+        x = data.batch(np.arange(start, min(start + batch_size, len(data))), device)
+        mu, logvar = encoder(x.contiguous(memory_format=torch.channels_last))
         mus.append(mu.float().cpu())
         logvars.append(logvar.float().cpu())
     order = np.argsort(data.index)  # cache order -> file order

@@ -183,7 +183,7 @@ costs 5-20 s there and then encodes about 1.6× faster (benchmarks/README.md), s
 evaluations (the metrics' defaults encode most of the dataset) win."""
 
 
-class _Encoder:
+class Encoder:
     """``model.encode`` ``(B, 1, 64, 64)`` -> (μ, log σ²), compiled once it pays; eager again if compiling fails."""
 
     def __init__(self, model: nn.Module, device: torch.device, compile: str, batch_size: int,
@@ -219,7 +219,7 @@ def make_encode(model: nn.Module, device: torch.device, batch_size: int = 1024, 
     :data:`ENCODE_COMPILE_AFTER` images). A failing compiler falls back to eager mode.
     """
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    encoder = _Encoder(model, device, compile, batch_size, fmt)
+    encoder = Encoder(model, device, compile, batch_size, fmt)
 
     @torch.inference_mode()
     def encode(images: np.ndarray) -> np.ndarray:

@@ -140,3 +140,10 @@ def test_pyproject_and_environment_name_the_same_dependencies():
         return re.split(r"[<>=!~\[ ]", req.strip(), maxsplit=1)[0].lower()
 
     assert {name(r) for r in project["dependencies"]} == {name(r) for r in pip if not r.startswith("-e")}
+
+
+def test_on_off_switches_survive_yaml_booleans(tmp_path):
+    cfg = config.load(write(tmp_path, "train:\n  compile: off\n  amp: on\n"), ["train.compile=on", "train.amp=off"])
+    assert (cfg.train.compile, cfg.train.amp) == ("on", "off")
+    assert config.load(write(tmp_path, "train:\n  compile: off\n")).train.compile == "off"
+    assert "model.arch" in error_of(write(tmp_path, "model:\n  arch: off\n"))
