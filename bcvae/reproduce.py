@@ -56,29 +56,41 @@ def train_one(experiment: str, seed: int, *, threads: int, overrides: list[str],
 
 
 def evaluate_run(run_dir: Path, experiment: str, seed: int, budget: str, num_points: int) -> dict:
-    """One results row: NLL and KL over the whole held-out fold, every metric, the latent analysis."""
+    """One results row: NLL and KL over the whole held-out fold, every metric, the latent analysis.
+
+    The row is kept in ``run_dir/results_row.json``; it is reused while the
+    checkpoint's step and the metric settings are unchanged.
+    """
     from bcvae import track, viz
     from bcvae.evaluate import evaluate_checkpoint, heldout_loss, load_model
     from bcvae.train import make_encode, write_json
 
+    model, cfg, ckpt = load_model(run_dir / "checkpoint.pt")
+    cached = run_dir / "results_row.json"
+    key = {"step": ckpt["step"], "metrics": list(METRICS), "num_points": num_points, "budget": budget}
+    if cached.exists():
+        row = json.loads(cached.read_text())
+        if row.get("cache_key") == key:
+            return row
     result = evaluate_checkpoint(run_dir / "checkpoint.pt", METRICS, seed=seed, num_points=num_points)
     write_json(run_dir / "eval.json", result)
     s = result["scores"]
-    summary = json.loads((run_dir / "summary.json").read_text())
     heldout = heldout_loss(run_dir / "checkpoint.pt", seed=seed)  # the whole held-out fold
-    model, cfg, _ = load_model(run_dir / "checkpoint.pt")
     rows = track.read_jsonl(run_dir / "metrics.jsonl")
     encode = make_encode(model, next(model.parameters()).device)
-    return {
+    row = {
         "experiment": experiment, "objective": cfg.loss.objective, "seed": seed, "budget": budget,
-        "steps": summary.get("step"), "recon_nll": heldout["val/rec"], "kl": heldout["val/kl"],
+        "steps": ckpt["step"], "recon_nll": heldout["val/rec"], "kl": heldout["val/kl"],
         "mig": s.get("mig"), "factor_vae_score": s.get("factor_vae"), "beta_vae_score": s.get("beta_vae"),
         "dci_disentanglement": (s.get("dci") or {}).get("disentanglement"), "sap": s.get("sap"),
+        "kl_per_dim": [heldout[f"val/kl_dim/{i}"] for i in range(cfg.model.z_dim)],
         "switch_on_order": [list(map(_plain, x)) for x in viz.switch_on_order(rows)],
         "latent_factors": [{k: _plain(v) for k, v in r.items()} for r in viz.latent_factor_table(encode)],
         "provenance": result.get("provenance"), "run_dir": str(run_dir),
-        "eval_settings": result.get("settings"),
+        "eval_settings": result.get("settings"), "eval_seconds": result.get("seconds"), "cache_key": key,
     }
+    write_json(cached, row)
+    return row
 
 
 def _plain(v):
@@ -128,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="trainings side by side (one thread each when > 1)")
     p.add_argument("--num-points", type=int, default=10_000)
     p.add_argument("--out", default="results")
+    p.add_argument("--no-train", action="store_true", help="evaluate the runs as they are (no training)")
     p.add_argument("overrides", nargs="*", help="key=value applied to every run")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -136,8 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [int(s) for s in args.seeds.split(",") if s]
     jobs = [(e, s) for e in experiments for s in seeds]
     threads = 1 if args.jobs > 1 else (os.cpu_count() or 1)
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        run_dirs = list(pool.map(lambda j: train_one(*j, threads=threads, overrides=args.overrides, root=root), jobs))
+    if args.no_train:
+        run_dirs = [root / "runs" / run_name(e, s) / "fold0" for e, s in jobs]
+    else:
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            run_dirs = list(pool.map(lambda j: train_one(*j, threads=threads, overrides=args.overrides, root=root),
+                                     jobs))
     rows = [evaluate_run(d, e, s, args.budget, args.num_points) for d, (e, s) in zip(run_dirs, jobs)]
     write_results(rows, Path(args.out), args.budget)
     return 0

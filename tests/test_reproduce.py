@@ -24,6 +24,7 @@ def test_rows_from_a_real_run(smoke_run, tmp_path, monkeypatch):
     assert 0 <= row["mig"] <= 1 and row["objective"] == "capacity"
     assert all(isinstance(latent, int) for latent, _ in row["switch_on_order"])
     assert {d["latent"] for d in row["latent_factors"]} == set(range(10))
+    assert reproduce.evaluate_run(smoke_run, "smoke", 0, "test", num_points=500) == row  # cached row
     reproduce.write_results([row], tmp_path, "test")
     saved = json.loads((tmp_path / "test.json").read_text())
     assert saved[0]["experiment"] == "smoke" and REQUIRED <= set(saved[0])
