@@ -17,6 +17,22 @@ os.environ["WANDB_SILENT"] = "true"
 os.environ.pop("WANDB_API_KEY", None)
 
 
+def params(run_dir: Path) -> dict:
+    """The model parameters of a run's checkpoint."""
+    from bcvae import train
+
+    return train.load_checkpoint(Path(run_dir) / "checkpoint.pt")["model"]
+
+
+def assert_same_params(a: dict, b: dict) -> None:
+    """Bit-for-bit equal parameters (exact resume on CPU)."""
+    import torch
+
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"parameter {key} differs from the uninterrupted run"
+
+
 def smoke_overrides(tmp: Path) -> list[str]:
     """Overrides that keep a smoke run inside ``tmp`` (runs, W&B and data cache)."""
     return [f"run_dir={tmp / 'runs'}", f"data.cache_dir={tmp / 'data'}", "log.progress=false"]

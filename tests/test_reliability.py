@@ -34,7 +34,7 @@ import wandb_records
 from bcvae import config, train
 from bcvae.data import all_latents_classes, cache_path, render_dsprites
 from bcvae.track import read_jsonl
-from conftest import ROOT, smoke_overrides
+from conftest import ROOT, assert_same_params, params, smoke_overrides
 
 SMOKE = ROOT / "experiments" / "smoke.yaml"
 QUICK = ["eval.at_end=false", "train.threads=1"]
@@ -123,14 +123,6 @@ def train_losses(directory: Path) -> dict[int, float]:
     return {r["step"]: r["train/loss"] for r in rows(directory) if "train/loss" in r}
 
 
-def params(directory: Path) -> dict[str, torch.Tensor]:
-    return train.load_checkpoint(directory / "checkpoint.pt")["model"]
-
-
-def assert_same_params(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), f"parameter {key} differs from the uninterrupted run"
 
 
 def assert_matches_reference(directory: Path, reference: dict) -> None:

@@ -17,7 +17,7 @@ import torch
 
 import wandb_records
 from bcvae import config, train
-from conftest import ROOT, smoke_overrides
+from conftest import ROOT, assert_same_params, params, smoke_overrides
 
 SMOKE = ROOT / "experiments" / "smoke.yaml"
 QUICK = ["eval.at_end=false", "train.threads=1"]
@@ -27,14 +27,6 @@ def load(tmp_path: Path, *extra: str) -> config.Config:
     return config.load(SMOKE, smoke_overrides(tmp_path) + QUICK + list(extra))
 
 
-def params(run_dir: Path) -> dict[str, torch.Tensor]:
-    return train.load_checkpoint(run_dir / "checkpoint.pt")["model"]
-
-
-def assert_same_params(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), f"parameter {key} differs"
 
 
 # ------------------------------------------------------------------ the smoke run
