@@ -30,7 +30,7 @@ from torch import nn
 from bcvae import config as config_mod
 from bcvae import track, viz
 from bcvae.config import Config
-from bcvae.data import FACTOR_SIZES, N_IMAGES, FoldData, epoch_order, load_split, render_dsprites
+from bcvae.data import FACTOR_SIZES, N_IMAGES, FoldData, epoch_order, load_all, load_split, render_dsprites
 from bcvae.losses import discriminator_loss, vae_loss
 from bcvae.model import VAE, Discriminator
 
@@ -783,7 +783,7 @@ class Trainer:
         from bcvae.metrics import evaluate
 
         encode = make_encode(self.model, self.device, channels_last=self.cfg.train.channels_last)
-        render = image_source(self.split.provenance, lambda: _load_all(self.cfg.data))
+        render = image_source(self.split.provenance, lambda: load_all(self.cfg.data))
         return evaluate(encode, metrics=tuple(metric_names), seed=self.cfg.seed,
                         num_points=self.cfg.eval.num_points, render=render)
 
@@ -879,12 +879,6 @@ class Trainer:
         raise Interrupted(
             f"received {name} at step {self.step} (epoch {self.epoch}); checkpoint saved to {self.ckpt_path}. "
             "Run the same command again to resume.", self._stop_signal)
-
-
-def _load_all(data_cfg):
-    from bcvae.data import load_all
-
-    return load_all(data_cfg)
 
 
 def flatten_scores(scores: dict, prefix: str = "") -> dict[str, float]:
