@@ -84,13 +84,22 @@ class VAE(nn.Module):
         """z (B, z_dim) -> Bernoulli logits (B,1,64,64)."""
         return self.decoder(z)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """x (B,1,64,64) -> (logits (B,1,64,64), μ, log σ², z), z = μ + σ·ε (Kingma & Welling 2014).
+    @staticmethod
+    def reparameterise(mu: Tensor, logvar: Tensor, eps: Tensor | None = None) -> Tensor:
+        """z = μ + σ·ε (Kingma & Welling 2014), (B, z_dim); ε ~ N(0, I) drawn here unless given."""
+        eps = torch.randn_like(mu) if eps is None else eps
+        return mu + torch.exp(0.5 * logvar) * eps
+
+    def forward(self, x: Tensor, eps: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """x (B,1,64,64) -> (logits (B,1,64,64), μ, log σ², z), z = μ + σ·ε.
 
         Always samples, in eval mode too, so validation losses estimate the same ELBO.
+        The trainer passes ε (B, z_dim) itself: processes of a multi-process run then
+        share one global draw, and compiled graphs hold no random number generation
+        (inductor's generator would give other samples than eager).
         """
         mu, logvar = self.encode(x)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        z = self.reparameterise(mu, logvar, eps)
         return self.decode(z), mu, logvar, z
 
 

@@ -71,30 +71,9 @@ def lr_at(train_cfg, epoch: int) -> float:
     return train_cfg.lr * train_cfg.lr_decay ** (epoch // train_cfg.lr_decay_epochs)
 
 
-def sample_posterior(model: nn.Module, x: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
-    """z ~ q(z|x) by reparameterisation, ``(B, 1, 64, 64)`` -> ``(B, D)``; ``eps`` ``(B, D)`` defaults to fresh noise."""
-    mu, logvar = model.encode(x)
-    eps = torch.randn_like(mu) if eps is None else eps
-    return mu + eps * torch.exp(0.5 * logvar)
-
-
-class Reparameterised(nn.Module):
-    """The VAE's forward pass with the noise ε passed in: ``(x (B,1,64,64), ε (B,D))`` -> logits, μ, log σ², z.
-
-    The trainer draws ε itself, for two reasons: every process can draw the
-    noise of the whole global batch and take its own rows (so N processes use
-    exactly the noise one process would), and compiled graphs contain no random
-    number generation (inductor's generator would give other samples than eager).
-    """
-
-    def __init__(self, vae: VAE):
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, x: torch.Tensor, eps: torch.Tensor):
-        mu, logvar = self.vae.encode(x)
-        z = mu + torch.exp(0.5 * logvar) * eps  # as VAE.forward, which draws eps itself
-        return self.vae.decode(z), mu, logvar, z
+def sample_posterior(model: VAE, x: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+    """z ~ q(z|x), ``(B, 1, 64, 64)`` -> ``(B, D)``; ``eps`` ``(B, D)`` defaults to fresh noise."""
+    return model.reparameterise(*model.encode(x), eps)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -428,11 +407,11 @@ class Trainer:
         if cfg.loss.objective == "factor":
             self.disc = Discriminator(cfg.model.z_dim).to(self.device)
             self.disc_opt = _adam(self.disc.parameters(), cfg.loss.disc_lr, (cfg.loss.disc_beta1, cfg.loss.disc_beta2))
-        self.model_ddp = Reparameterised(self.model)
+        self.model_ddp = self.model
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
-            self.model_ddp = DDP(self.model_ddp)
+            self.model_ddp = DDP(self.model)
 
     def _fast_model(self) -> nn.Module:
         """The module the training step calls: compiled (``train.compile``) or the eager one."""

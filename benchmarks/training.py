@@ -25,7 +25,7 @@ from bcvae import config
 from bcvae.data import FoldData, epoch_order
 from bcvae.losses import vae_loss
 from bcvae.model import VAE
-from bcvae.train import Reparameterised, Trainer
+from bcvae.train import Trainer
 
 
 _RUNS = tempfile.mkdtemp(prefix="bcvae-bench-")  # run directories of this process, removed at exit
@@ -126,7 +126,7 @@ class VariantStep:
         self.fmt = torch.channels_last if channels_last else torch.contiguous_format
         vae = VAE(z_dim, arch).to(memory_format=self.fmt)
         self.opt = torch.optim.Adam(vae.parameters(), lr=5e-4, fused=fused, foreach=None if fused else True)
-        self.forward = torch.compile(Reparameterised(vae)) if compile else Reparameterised(vae)
+        self.forward = torch.compile(vae) if compile else vae
         self.data, self.batch, self.loss_cfg, self.threads = data, batch, loss_cfg, threads
         self.order = np.random.default_rng(0).permutation(len(data))
         self.i = self.step = 0
