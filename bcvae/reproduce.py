@@ -136,13 +136,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bcvae reproduce", description=__doc__.splitlines()[0])
     p.add_argument("--budget", choices=sorted(EXPERIMENTS), default="cpu")
     p.add_argument("--experiments", default="", help="comma-separated subset (default: the budget's four)")
-    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated, e.g. 0,1,2")
     p.add_argument("--jobs", type=int, default=1, help="trainings side by side (one thread each when > 1)")
     p.add_argument("--num-points", type=int, default=10_000)
     p.add_argument("--out", default="results")
     p.add_argument("--no-train", action="store_true", help="evaluate the runs as they are (no training)")
     p.add_argument("overrides", nargs="*", help="key=value applied to every run")
     args = p.parse_args(argv)
+    for o in args.overrides:  # fail before hours of training, not after the first run
+        if "=" not in o:
+            p.error(f"override {o!r} must look like key=value (seeds are comma-separated: --seeds 0,1,2)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = Path.cwd()
     experiments = [e for e in args.experiments.split(",") if e] or EXPERIMENTS[args.budget]

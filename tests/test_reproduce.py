@@ -42,3 +42,12 @@ def test_table_is_mean_and_sample_std_over_seeds():
     assert cells[3] == f"{31.0:.1f} ± {np.std([30, 32, 31], ddof=1):.1f}"
     assert cells[5] == f"{0.2:.3f} ± {np.std([0.1, 0.3, 0.2], ddof=1):.3f}"
     assert cells[4] == "–"  # no KL values given
+
+
+def test_a_stray_word_is_refused_before_any_training(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(reproduce, "train_one", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(SystemExit) as exc:
+        reproduce.main(["--seeds", "0", "1", "2"])  # space-separated seeds: "1", "2" become overrides
+    assert exc.value.code == 2
+    assert "override '1' must look like key=value" in capsys.readouterr().err
