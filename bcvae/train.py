@@ -376,6 +376,15 @@ class Trainer:
             raise TrainingError(f"train.batch_size={cfg.train.batch_size} must divide by the {self.world} processes")
         self.dir = run_dir_for(cfg)
         self.ckpt_path = self.dir / "checkpoint.pt"
+        self._lock = self._lock_run_dir() if self.rank == 0 else None
+        try:
+            self._setup(fresh, group)
+        except BaseException:
+            self.release()
+            raise
+
+    def _setup(self, fresh: bool, group: str | None) -> None:
+        cfg = self.cfg
         self.split = load_split(cfg.data)
         log.info("data: %s (%d training / %d validation images, fold %d of %d)",
                  self.split.provenance.get("source"), len(self.split.train), len(self.split.val),
@@ -389,6 +398,27 @@ class Trainer:
         self.train_model = self._fast_model()
 
     # ---- construction
+
+    def _lock_run_dir(self):
+        """Hold ``<run dir>.lock`` while this trainer lives: a second training of the
+        same run would interleave checkpoints and logs (or ``--fresh`` would move the
+        directory away under the first). The OS drops the lock when a process dies."""
+        import filelock
+
+        self.dir.parent.mkdir(parents=True, exist_ok=True)
+        lock = filelock.FileLock(str(self.dir.with_name(self.dir.name + ".lock")))
+        try:
+            lock.acquire(timeout=0)
+        except filelock.Timeout:
+            raise TrainingError(f"{self.dir} is in use by another training (lock {lock.lock_file}); "
+                                "wait for it to finish or stop it first") from None
+        return lock
+
+    def release(self) -> None:
+        """Release the run directory (``fit`` does this when it returns or fails)."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _device(self) -> torch.device:
         if self.world > 1 and torch.cuda.is_available():
@@ -785,6 +815,7 @@ class Trainer:
         finally:
             if self.tracker is not None:
                 self.tracker.finish(exit_code)
+            self.release()
 
     def _fit(self) -> dict:
         cfg, val = self.cfg, {}

@@ -540,6 +540,21 @@ def test_incompatible_checkpoint_is_refused_and_kept(copied_run, change, words):
     assert path.read_bytes() == before, "a refused checkpoint is never overwritten"
 
 
+def test_a_second_training_of_a_run_in_use_is_refused(copied_run):
+    directory = run_dir(copied_run)
+    first, _ = start_resumed(copied_run, "train.epochs=100000")  # trains until killed
+    try:
+        second = train_cli(copied_run, "train.epochs=100000", "train.max_steps=40")
+        assert_one_line_error(second, 1, directory, "in use by another training")
+        assert first.poll() is None, "the first training must go on"
+    finally:
+        first.kill()
+        first.wait()
+    # SIGKILL leaves no stale lock behind: the OS dropped it with the process.
+    again = train_cli(copied_run, "train.max_steps=6")
+    assert again.returncode == 0, again.stderr
+
+
 # ------------------------------------------------------------------ 6. disk faults
 
 def test_disk_full_during_checkpoint_keeps_the_previous_one(copied_run):
