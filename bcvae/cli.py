@@ -74,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         return reproduce.main(argv[1:])
     args = _parser().parse_args(argv)
     from bcvae.config import ConfigError
-    from bcvae.data.dsprites import DatasetError
-    from bcvae.train import Interrupted, TrainingError
+    from bcvae.errors import DatasetError, Interrupted, TrainingError
 
     try:
         return _dispatch(args)
@@ -100,9 +99,9 @@ def _dispatch(args) -> int:
     from bcvae import config
 
     if args.command in ("train", "cv"):
+        cfg = config.load(experiment_path(args.experiment), args.overrides)  # before torch: typos fail fast
         from bcvae import train
 
-        cfg = config.load(experiment_path(args.experiment), args.overrides)
         if args.command == "train":
             train.train(cfg, fresh=args.fresh)
         else:

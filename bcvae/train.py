@@ -31,6 +31,7 @@ from bcvae import config as config_mod
 from bcvae import track, viz
 from bcvae.config import Config
 from bcvae.data import FACTOR_SIZES, N_IMAGES, FoldData, epoch_order, load_all, load_split, render_dsprites
+from bcvae.errors import CheckpointError, Interrupted, TrainingError
 from bcvae.losses import discriminator_loss, vae_loss
 from bcvae.model import VAE, Discriminator
 
@@ -39,18 +40,6 @@ log = logging.getLogger("bcvae")
 CHECKPOINT_VERSION = 1
 # What resuming reads from every checkpoint (FactorVAE runs also need "disc" and "disc_opt").
 CHECKPOINT_KEYS = ("config", "model", "opt", "step", "epoch", "step_in_epoch", "rng")
-
-
-class TrainingError(RuntimeError):
-    """Training cannot continue (non-finite loss, incompatible checkpoint, ...)."""
-
-
-class CheckpointError(TrainingError):
-    """A checkpoint cannot be read or written; the message names the file."""
-
-
-class Interrupted(TrainingError):
-    """SIGTERM / SIGINT received: a checkpoint was written, the run can resume."""
 
 
 def run_dir_for(cfg: Config) -> Path:

@@ -315,3 +315,11 @@ def test_each_run_logs_to_its_own_wandb_run_even_if_another_is_open(tmp_path):
     train.train(cfg)
     rows = wandb_records.history(train.run_dir_for(cfg))
     assert any("train/loss" in r for r in rows), "the second run's scalars must land in its own run"
+
+
+def test_a_config_error_is_reported_before_torch_is_imported():
+    # importing torch takes seconds; a typo should not wait for it
+    code = ("import sys; from bcvae.cli import main; rc = main(['train', 'smoke', 'train.lrr=1']); "
+            "print(rc, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.stdout.split() == ["2", "False"], proc.stdout + proc.stderr

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from bcvae.errors import DatasetError
+
 from .render import (
     FACTOR_NAMES,
     IMAGE_SIZE,
@@ -45,10 +47,6 @@ _LAYOUT = {
 _NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
 # What reading a damaged archive member can raise.
 _CORRUPT = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError)
-
-
-class DatasetError(ValueError):
-    """A data file is missing, damaged or not what it claims to be."""
 
 
 def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
