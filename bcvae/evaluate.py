@@ -13,8 +13,10 @@ from pathlib import Path
 import torch
 
 from bcvae import config, track
+from bcvae.checkpoint import load_checkpoint, write_json
+from bcvae.encode import image_source, make_encode
 from bcvae.model import VAE
-from bcvae.train import flatten_scores, image_source, load_checkpoint, make_encode, pick_device, write_json
+from bcvae.train import flatten_scores, pick_device
 
 
 def checkpoint_path(run: Path) -> Path:
@@ -88,7 +90,7 @@ def encode_all(model: VAE, data, device: torch.device, batch_size: int = 1024):
     """Posterior (μ, log σ²) of every image, each ``(737280, D)`` float32 in the real file's order."""
     import numpy as np
 
-    from bcvae.train import Encoder
+    from bcvae.encode import Encoder
 
     encoder = Encoder(model, device, "auto", batch_size, torch.channels_last)  # compiles once it pays
     mus, logvars = [], []

@@ -62,8 +62,9 @@ def evaluate_run(run_dir: Path, experiment: str, seed: int, budget: str, num_poi
     checkpoint's step and the metric settings are unchanged.
     """
     from bcvae import track, viz
+    from bcvae.checkpoint import write_json
+    from bcvae.encode import make_encode
     from bcvae.evaluate import evaluate_checkpoint, heldout_loss, load_model
-    from bcvae.train import make_encode, write_json
 
     model, cfg, ckpt = load_model(run_dir / "checkpoint.pt")
     cached = run_dir / "results_row.json"
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_results(rows: list[dict], out: Path, budget: str) -> None:
-    from bcvae.train import write_json
+    from bcvae.checkpoint import write_json
 
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / f"{budget}.json", rows)

@@ -7,6 +7,9 @@ position inside the epoch, RNG states, the resolved config and the W&B run id.
 Schedules (capacity C, learning rate) and the data order are pure functions of
 the global step / epoch, so nothing else needs saving. A run whose checkpoint
 exists resumes automatically.
+
+Checkpoint I/O (atomic writes, safe loading, RNG state) lives in
+:mod:`bcvae.checkpoint`; encoding images for the metrics in :mod:`bcvae.encode`.
 """
 
 from __future__ import annotations
@@ -16,12 +19,9 @@ import json
 import logging
 import math
 import os
-import random
-import re
 import signal
 import time
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -29,17 +29,23 @@ from torch import nn
 
 from bcvae import config as config_mod
 from bcvae import track, viz
+from bcvae.checkpoint import (
+    CHECKPOINT_VERSION,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_rng_state,
+    write_json,
+)
 from bcvae.config import Config
-from bcvae.data import FACTOR_SIZES, N_IMAGES, FoldData, epoch_order, load_all, load_split, render_dsprites
+from bcvae.data import FoldData, epoch_order, load_all, load_split
+from bcvae.encode import image_source, make_encode
 from bcvae.errors import CheckpointError, Interrupted, TrainingError
 from bcvae.losses import discriminator_loss, vae_loss
 from bcvae.model import VAE, Discriminator
 
 log = logging.getLogger("bcvae")
-
-CHECKPOINT_VERSION = 1
-# What resuming reads from every checkpoint (FactorVAE runs also need "disc" and "disc_opt").
-CHECKPOINT_KEYS = ("config", "model", "opt", "step", "epoch", "step_in_epoch", "rng")
 
 
 def run_dir_for(cfg: Config) -> Path:
@@ -63,164 +69,6 @@ def lr_at(train_cfg, epoch: int) -> float:
 def sample_posterior(model: VAE, x: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
     """z ~ q(z|x), ``(B, 1, 64, 64)`` -> ``(B, D)``; ``eps`` ``(B, D)`` defaults to fresh noise."""
     return model.reparameterise(*model.encode(x), eps)
-
-
-# ---------------------------------------------------------------- checkpoints
-
-def save_checkpoint(path: Path, payload: dict) -> None:
-    """Write ``payload`` atomically: a temp file in the same directory, fsync, rename.
-
-    A kill or a full disk during the write leaves the previous checkpoint intact.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        kept = f"the previous checkpoint {path} is intact" if path.exists() else "no earlier checkpoint exists"
-        raise CheckpointError(f"could not write checkpoint {path}: {err.strerror or err} ({kept})") from err
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Read a checkpoint with ``weights_only=True`` (no arbitrary pickles)."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {path}") from None
-    except Exception as err:
-        raise CheckpointError(
-            f"checkpoint {path} is truncated, corrupt or not a bcvae checkpoint ({_load_failure(err)})"
-        ) from None
-    version = ckpt.get("version") if isinstance(ckpt, dict) else None
-    if not isinstance(version, int):
-        raise CheckpointError(f"{path} is not a bcvae checkpoint (no format version)")
-    if version > CHECKPOINT_VERSION:
-        raise CheckpointError(
-            f"{path} has checkpoint format {version}, newer than this code's {CHECKPOINT_VERSION}; update bcvae"
-        )
-    missing = [key for key in CHECKPOINT_KEYS if key not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path} is not a complete bcvae checkpoint (missing {', '.join(missing)})")
-    return ckpt
-
-
-def _load_failure(err: Exception) -> str:
-    """One line on why ``torch.load`` failed. Its weights-only refusal spans paragraphs and
-    suggests ``weights_only=False``, which would run whatever code the file names."""
-    unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-    if unsafe:
-        return f"it holds a pickled {unsafe.group(1)} object, which is never unpickled"
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0] if lines else ''}"
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])}
-    np_state = np.random.get_state()
-    state["numpy"] = torch.from_numpy(np_state[1].astype(np.int64))
-    state["numpy_pos"] = int(np_state[2])
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate((3, tuple(state["python"]), None))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-# ---------------------------------------------------------------- encoding
-
-ENCODE_COMPILE_AFTER = 50_000
-"""Images ``make_encode(compile="auto")`` encodes on a CPU before compiling the encoder: compiling
-costs 5-20 s there and then encodes about 1.6× faster (benchmarks/README.md), so only large
-evaluations (the metrics' defaults encode most of the dataset) win."""
-
-
-class Encoder:
-    """``model.encode`` ``(B, 1, 64, 64)`` -> (μ, log σ²), compiled once it pays; eager again if compiling fails."""
-
-    def __init__(self, model: nn.Module, device: torch.device, compile: str, batch_size: int,
-                 fmt: torch.memory_format):
-        self.model, self.device, self.policy, self.batch_size, self.fmt = model, device, compile, batch_size, fmt
-        self.compiled, self.images = None, 0
-
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = len(x)
-        self.images += n
-        due = self.policy == "on" or (self.policy == "auto" and (
-            self.device.type == "cuda" or self.images > ENCODE_COMPILE_AFTER))
-        if self.compiled is None and due:
-            self.compiled = torch.compile(self.model.encode)
-        if self.compiled:
-            try:  # always a full batch: one shape, one compilation
-                full = x
-                if n < self.batch_size:
-                    full = torch.cat([x, x.new_zeros((self.batch_size - n,) + x.shape[1:])])
-                mu, logvar = self.compiled(full.contiguous(memory_format=self.fmt))
-                return mu[:n], logvar[:n]
-            except Exception as err:  # compiler unavailable or failing on this platform
-                log.warning("torch.compile of the encoder failed (%s); encoding in eager mode", type(err).__name__)
-                self.compiled = False
-        return self.model.encode(x)
-
-
-def make_encode(model: nn.Module, device: torch.device, batch_size: int = 1024, channels_last: bool = True,
-                compile: str = "auto") -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 images ``(N, 64, 64)`` -> posterior means ``(N, D)`` float32, in large inference-mode batches.
-
-    ``compile``: ``"on"``, ``"off"`` or ``"auto"`` (at once on CUDA; on a CPU after
-    :data:`ENCODE_COMPILE_AFTER` images). A failing compiler falls back to eager mode.
-    """
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    encoder = Encoder(model, device, compile, batch_size, fmt)
-
-    @torch.inference_mode()
-    def encode(images: np.ndarray) -> np.ndarray:
-        was_training = model.training
-        model.eval()
-        out = []
-        for start in range(0, len(images), batch_size):
-            chunk = torch.from_numpy(np.ascontiguousarray(images[start:start + batch_size]))
-            if device.type == "cuda":
-                chunk = chunk.pin_memory()  # lets the copy below run asynchronously
-            x = chunk.to(device, non_blocking=True).unsqueeze(1).float().contiguous(memory_format=fmt)
-            out.append(encoder(x)[0].float().cpu())
-        model.train(was_training)
-        return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
-
-    return encode
-
-
-def image_source(provenance: dict, all_images: Callable[[], FoldData]) -> Callable[[np.ndarray], np.ndarray]:
-    """latents_classes ``(N, 6)`` -> images ``(N, 64, 64)`` from the run's own data source.
-
-    Procedural runs render (identical to their cache); runs on the real file
-    look the images up in the full cache, so metrics see the data trained on.
-    """
-    if provenance.get("source") == "procedural":
-        return render_dsprites
-    data = all_images()
-    if len(data) < N_IMAGES:  # a subset cannot answer for every factor combination
-        log.warning("metrics use rendered images: the run's data is a %d-image subset of the real file", len(data))
-        return render_dsprites
-    position = np.empty(int(data.index.max()) + 1, np.int64)
-    position[data.index] = np.arange(len(data.index))
-    return lambda classes: data.images(position[np.ravel_multi_index(np.asarray(classes).T, FACTOR_SIZES)])
 
 
 # ---------------------------------------------------------------- validation
@@ -889,22 +737,6 @@ def flatten_scores(scores: dict, prefix: str = "") -> dict[str, float]:
         elif isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
             out[f"{prefix}{key}"] = float(value)
     return out
-
-
-def write_json(path: Path, obj) -> None:
-    """Atomic JSON write (numpy scalars converted)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-    os.replace(tmp, path)
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
 
 
 def train(cfg: Config, *, fresh: bool = False, group: str | None = None) -> dict:

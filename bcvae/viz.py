@@ -281,7 +281,7 @@ def factor_codes(encode: Callable[[np.ndarray], np.ndarray], *,
     Parameters
     ----------
     encode : images ``(N, 64, 64)`` uint8 -> codes ``(N, D)`` (e.g. the encoder mean,
-        :func:`bcvae.train.make_encode`).
+        :func:`bcvae.encode.make_encode`).
     render : latents_classes ``(N, 6)`` int -> images ``(N, 64, 64)``.
 
     Returns
@@ -570,7 +570,7 @@ class Run:
 
     def encode(self, images: np.ndarray) -> np.ndarray:
         """uint8 images ``(N, 64, 64)`` -> encoder means ``(N, D)``."""
-        from bcvae.train import make_encode
+        from bcvae.encode import make_encode
 
         return make_encode(self.model, self.device, batch_size=512)(images)
 

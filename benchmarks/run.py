@@ -175,8 +175,9 @@ def openmp_section(opts) -> dict:
 
 def encode_section(images: np.ndarray, opts) -> dict:
     """Encoding for the metrics (inference mode, batch 1024): contiguous eager, channels_last, compiled."""
+    from bcvae.encode import make_encode
     from bcvae.model import VAE
-    from bcvae.train import make_encode, pick_device
+    from bcvae.train import pick_device
 
     torch.manual_seed(0)
     plain = VAE(10, "burgess")
@@ -201,8 +202,9 @@ def metrics_section(opts) -> dict:
         from bcvae.metrics import evaluate
     except ImportError as err:
         return {"error": f"bcvae.metrics unavailable ({err})"}
+    from bcvae.encode import make_encode
     from bcvae.model import VAE
-    from bcvae.train import make_encode, pick_device
+    from bcvae.train import pick_device
 
     torch.manual_seed(0)
     model = VAE(10, "burgess").to(memory_format=torch.channels_last)

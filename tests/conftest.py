@@ -19,9 +19,9 @@ os.environ.pop("WANDB_API_KEY", None)
 
 def params(run_dir: Path) -> dict:
     """The model parameters of a run's checkpoint."""
-    from bcvae import train
+    from bcvae import checkpoint
 
-    return train.load_checkpoint(Path(run_dir) / "checkpoint.pt")["model"]
+    return checkpoint.load_checkpoint(Path(run_dir) / "checkpoint.pt")["model"]
 
 
 def assert_same_params(a: dict, b: dict) -> None:

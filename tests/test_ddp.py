@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from bcvae import train
+from bcvae.checkpoint import load_checkpoint
 from conftest import ROOT, smoke_overrides
 
 pytestmark = pytest.mark.slow  # each case starts several interpreters (≈30 s on 2 cores)
@@ -36,7 +37,7 @@ def launch(tmp: Path, processes: int, *overrides: str, wait: bool = True):
 
 
 def checkpoint(run: Path) -> dict:
-    return train.load_checkpoint(run / "checkpoint.pt")
+    return load_checkpoint(run / "checkpoint.pt")
 
 
 def assert_same_state(a: dict, b: dict, atol: float = 2e-5) -> None:

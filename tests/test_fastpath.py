@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bcvae import config, train
+from bcvae import config, encode, train
 from bcvae.data import epoch_order, load_split
 from bcvae.losses import vae_loss
 from bcvae.model import VAE
@@ -129,7 +129,7 @@ def model_and_images():
 
 def test_encode_in_batches_gives_the_encoder_mean(model_and_images):
     model, images = model_and_images
-    codes = train.make_encode(model, torch.device("cpu"), batch_size=128, compile="off")(images)
+    codes = encode.make_encode(model, torch.device("cpu"), batch_size=128, compile="off")(images)
     np.testing.assert_allclose(codes, encoded_reference(model, images), rtol=1e-5, atol=1e-6)
 
 
@@ -144,7 +144,7 @@ def test_compiled_encode_pads_the_last_batch_and_returns_only_real_rows(model_an
         return call
 
     monkeypatch.setattr(torch, "compile", recording_compile)
-    codes = train.make_encode(model, torch.device("cpu"), batch_size=128, compile="on")(images)
+    codes = encode.make_encode(model, torch.device("cpu"), batch_size=128, compile="on")(images)
     assert shapes == [(128, 1, 64, 64)] * 3  # 300 images: 128 + 128 + (44 padded to 128)
     np.testing.assert_allclose(codes, encoded_reference(model, images), rtol=1e-5, atol=1e-6)
 
@@ -153,7 +153,7 @@ def test_encode_falls_back_to_eager_when_the_compiler_fails(model_and_images, mo
     model, images = model_and_images
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: _raise)
     with caplog.at_level(logging.WARNING, logger="bcvae"):
-        codes = train.make_encode(model, torch.device("cpu"), batch_size=128, compile="on")(images)
+        codes = encode.make_encode(model, torch.device("cpu"), batch_size=128, compile="on")(images)
     assert any("encoding in eager mode" in r.message for r in caplog.records)
     np.testing.assert_allclose(codes, encoded_reference(model, images), rtol=1e-5, atol=1e-6)
 
@@ -165,5 +165,5 @@ def _raise(*args):
 @pytest.mark.slow
 def test_compiled_encode_matches_eager(model_and_images):
     model, images = model_and_images
-    codes = train.make_encode(model, torch.device("cpu"), batch_size=128, compile="on")(images)
+    codes = encode.make_encode(model, torch.device("cpu"), batch_size=128, compile="on")(images)
     np.testing.assert_allclose(codes, encoded_reference(model, images), rtol=1e-4, atol=1e-5)

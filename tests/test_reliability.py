@@ -31,7 +31,7 @@ import pytest
 import torch
 
 import wandb_records
-from bcvae import config, train
+from bcvae import checkpoint, config, train
 from bcvae.data import all_latents_classes, cache_path, render_dsprites
 from bcvae.track import read_jsonl
 from conftest import ROOT, assert_same_params, params, smoke_overrides
@@ -195,7 +195,7 @@ def test_sigkill_during_validation_then_resume_equals_uninterrupted(tmp_path, re
     os.killpg(proc.pid, signal.SIGKILL)
     proc.communicate()
     assert not any("val/loss" in r for r in rows(directory) if r["step"] == 60), "killed too late: validation ended"
-    ckpt = train.load_checkpoint(directory / "checkpoint.pt")
+    ckpt = checkpoint.load_checkpoint(directory / "checkpoint.pt")
     assert (ckpt["step"], ckpt["epoch"]) == (30, 1), "the epoch-1 checkpoint must be the one on disk"
     resumed = train_cli(tmp_path, *extra)
     assert resumed.returncode == 0, resumed.stderr
@@ -232,7 +232,7 @@ def test_sigkill_during_checkpoint_write_keeps_the_previous_checkpoint(tmp_path,
     assert 0 < len(received) < len(before), "the kill must land inside the write"
     assert any("val/loss" in r for r in rows(directory) if r["step"] == 60), "epoch 2 was validated"
     assert (directory / "checkpoint.pt").read_bytes() == before, "a torn write replaced the checkpoint"
-    assert train.load_checkpoint(directory / "checkpoint.pt")["step"] == 30
+    assert checkpoint.load_checkpoint(directory / "checkpoint.pt")["step"] == 30
     resumed = train_cli(tmp_path, *LONG)
     assert resumed.returncode == 0, resumed.stderr
     assert "at step 30" in resumed.stderr
@@ -275,7 +275,7 @@ def test_sigkill_at_random_moments_never_tears_the_checkpoint(tmp_path, referenc
         time.sleep(rng.uniform(0.0, 0.4))
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-        ckpt = train.load_checkpoint(directory / "checkpoint.pt")  # raises if torn
+        ckpt = checkpoint.load_checkpoint(directory / "checkpoint.pt")  # raises if torn
         steps.append(ckpt["step"])
         assert ckpt["step"] <= target + 30, "a checkpoint from the future"
     assert steps == sorted(steps), f"the checkpoint went backwards: {steps}"
@@ -298,7 +298,7 @@ def test_interrupt_checkpoints_finishes_wandb_and_resumes(tmp_path, reference, s
     line = err.strip().splitlines()[-1]
     assert line.startswith("stopped:") and signal.Signals(signum).name in line
     assert "Run the same command again to resume" in line
-    ckpt = train.load_checkpoint(directory / "checkpoint.pt")
+    ckpt = checkpoint.load_checkpoint(directory / "checkpoint.pt")
     assert ckpt["step"] >= 35 and str(directory / "checkpoint.pt") in line
     assert [e.exit_code for e in exit_records(wandb_records.run_file(directory))] == [1], \
         "the W&B run must be finished (an exit record), marked as not successful"
@@ -506,7 +506,7 @@ def _rewrite_checkpoint(tmp: Path, change) -> Path:
 
 
 def _newer(ckpt):
-    return {**ckpt, "version": train.CHECKPOINT_VERSION + 1}
+    return {**ckpt, "version": checkpoint.CHECKPOINT_VERSION + 1}
 
 
 def _narrower_model(ckpt):
@@ -518,7 +518,7 @@ def _other_arch_config(ckpt):
 
 
 def _only_a_version(ckpt):
-    return {"version": train.CHECKPOINT_VERSION, "state_dict": ckpt["model"]}
+    return {"version": checkpoint.CHECKPOINT_VERSION, "state_dict": ckpt["model"]}
 
 
 def _pickled_object(ckpt):
@@ -573,7 +573,7 @@ def test_disk_full_during_checkpoint_keeps_the_previous_one(copied_run):
     # Space is back: resumes from step 3 (the copy also moved the data cache, which is allowed).
     again = train_cli(copied_run, "train.max_steps=6")
     assert again.returncode == 0, again.stderr
-    assert "at step 3" in again.stderr and train.load_checkpoint(path)["step"] == 6
+    assert "at step 3" in again.stderr and checkpoint.load_checkpoint(path)["step"] == 6
 
 
 MOUNTED = 97  # exit status of the wrapper when no tmpfs can be mounted here
@@ -607,7 +607,7 @@ def _assert_trained_with_local_log(tmp: Path, proc: subprocess.CompletedProcess)
     logged = rows(run_dir(tmp))
     assert [r["step"] for r in logged if "train/loss" in r] == [5, 10]
     assert any("val/loss" in r for r in logged)
-    assert train.load_checkpoint(run_dir(tmp) / "checkpoint.pt")["step"] == 10
+    assert checkpoint.load_checkpoint(run_dir(tmp) / "checkpoint.pt")["step"] == 10
 
 
 def test_invalid_wandb_mode_in_the_environment_does_not_stop_training(tmp_path):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import wandb_records
-from bcvae import config, train
+from bcvae import checkpoint, config, train
 from conftest import ROOT, assert_same_params, params, smoke_overrides
 
 SMOKE = ROOT / "experiments" / "smoke.yaml"
@@ -34,7 +34,7 @@ def load(tmp_path: Path, *extra: str) -> config.Config:
 def test_smoke_run_writes_everything(smoke_run):
     files = {p.name for p in smoke_run.iterdir()}
     assert {"checkpoint.pt", "config.yaml", "metrics.jsonl", "summary.json", "eval.json", "wandb"} <= files
-    ckpt = train.load_checkpoint(smoke_run / "checkpoint.pt")
+    ckpt = checkpoint.load_checkpoint(smoke_run / "checkpoint.pt")
     assert ckpt["step"] == 40 and ckpt["epoch"] == 2 and ckpt["step_in_epoch"] == 0
     assert ckpt["provenance"]["source"] == "procedural"
     assert ckpt["wandb_run_id"] in wandb_records.run_ids(smoke_run)
@@ -82,7 +82,7 @@ def test_budget_stop_then_resume_equals_uninterrupted(tmp_path):
     whole.fit()
     part = load(tmp_path / "b", "train.max_steps=13")  # stops inside epoch 1
     train.train(part)
-    ckpt = train.load_checkpoint(train.run_dir_for(part) / "checkpoint.pt")
+    ckpt = checkpoint.load_checkpoint(train.run_dir_for(part) / "checkpoint.pt")
     assert (ckpt["step"], ckpt["epoch"], ckpt["step_in_epoch"]) == (13, 0, 13)
     train.train(load(tmp_path / "b"))  # budget lifted: resumes mid-epoch
     assert_same_params(params(whole.dir), params(train.run_dir_for(part)))
@@ -123,7 +123,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read()
-    assert train.load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 1
+    assert checkpoint.load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == 1
     resumed = _run_cli(killed, *LONG)
     out, err = resumed.communicate(timeout=300)
     assert resumed.returncode == 0, err
@@ -140,7 +140,7 @@ def test_sigterm_writes_checkpoint_and_says_how_to_resume(tmp_path):
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert "SIGTERM" in err and "resume" in err and "checkpoint saved" in err
-    ckpt = train.load_checkpoint(run_dir / "checkpoint.pt")
+    ckpt = checkpoint.load_checkpoint(run_dir / "checkpoint.pt")
     assert ckpt["step"] >= 35 and ckpt["step_in_epoch"] == ckpt["step"] - 30
     ref = load(tmp_path / "ref", *LONG)
     train.train(ref)
@@ -164,7 +164,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     monkeypatch.setattr(train, "vae_loss", poisoned)
     with pytest.raises(train.TrainingError, match=r"non-finite training loss.*last good checkpoint"):
         train.train(cfg)
-    ckpt = train.load_checkpoint(train.run_dir_for(cfg) / "checkpoint.pt")
+    ckpt = checkpoint.load_checkpoint(train.run_dir_for(cfg) / "checkpoint.pt")
     assert ckpt["step"] == 20 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
 
 
@@ -175,7 +175,7 @@ def test_resume_with_a_different_config_is_refused_then_fresh_starts_over(tmp_pa
         train.Trainer(load(tmp_path, "train.lr=1e-3"))
     train.train(load(tmp_path, "train.lr=1e-3", "train.max_steps=5"), fresh=True)
     assert list(train.run_dir_for(cfg).parent.glob("fold0.old-*")), "the old run is kept aside"
-    assert train.load_checkpoint(train.run_dir_for(cfg) / "checkpoint.pt")["config"]["train"]["lr"] == 1e-3
+    assert checkpoint.load_checkpoint(train.run_dir_for(cfg) / "checkpoint.pt")["config"]["train"]["lr"] == 1e-3
 
 
 def test_truncated_and_foreign_checkpoints_are_refused(tmp_path):
@@ -186,23 +186,23 @@ def test_truncated_and_foreign_checkpoints_are_refused(tmp_path):
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(train.CheckpointError, match="truncated, corrupt"):
         train.Trainer(load(tmp_path, "train.max_steps=3"))
-    torch.save({"version": train.CHECKPOINT_VERSION + 1}, path)
+    torch.save({"version": checkpoint.CHECKPOINT_VERSION + 1}, path)
     with pytest.raises(train.CheckpointError, match="newer"):
-        train.load_checkpoint(path)
+        checkpoint.load_checkpoint(path)
 
 
 def test_checkpoint_loading_refuses_pickled_objects(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"version": 1, "payload": Path("x")}, path)  # an arbitrary class, not tensors
     with pytest.raises(train.CheckpointError):
-        train.load_checkpoint(path)
+        checkpoint.load_checkpoint(path)
 
 
 def test_other_architecture_checkpoint_is_refused(tmp_path):
     cfg = load(tmp_path, "train.max_steps=2")
     train.train(cfg)
     path = train.run_dir_for(cfg) / "checkpoint.pt"
-    ckpt = train.load_checkpoint(path)
+    ckpt = checkpoint.load_checkpoint(path)
     ckpt["model"] = {k: v[..., :1] if v.ndim else v for k, v in ckpt["model"].items()}
     torch.save(ckpt, path)
     with pytest.raises(train.CheckpointError, match="different architecture"):
