@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import wandb_records
-from bcvae import checkpoint, config, train
+from bcvae import checkpoint, config, errors, train
 from conftest import ROOT, assert_same_params, params, smoke_overrides
 
 SMOKE = ROOT / "experiments" / "smoke.yaml"
@@ -162,7 +162,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
         return loss, terms
 
     monkeypatch.setattr(train, "vae_loss", poisoned)
-    with pytest.raises(train.TrainingError, match=r"non-finite training loss.*last good checkpoint"):
+    with pytest.raises(errors.TrainingError, match=r"non-finite training loss.*last good checkpoint"):
         train.train(cfg)
     ckpt = checkpoint.load_checkpoint(train.run_dir_for(cfg) / "checkpoint.pt")
     assert ckpt["step"] == 20 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
@@ -171,7 +171,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 def test_resume_with_a_different_config_is_refused_then_fresh_starts_over(tmp_path):
     cfg = load(tmp_path, "train.max_steps=5")
     train.train(cfg)
-    with pytest.raises(train.TrainingError, match=r"train\.lr: 0\.0005 -> 0\.001.*--fresh"):
+    with pytest.raises(errors.TrainingError, match=r"train\.lr: 0\.0005 -> 0\.001.*--fresh"):
         train.Trainer(load(tmp_path, "train.lr=1e-3"))
     train.train(load(tmp_path, "train.lr=1e-3", "train.max_steps=5"), fresh=True)
     assert list(train.run_dir_for(cfg).parent.glob("fold0.old-*")), "the old run is kept aside"
@@ -184,17 +184,17 @@ def test_truncated_and_foreign_checkpoints_are_refused(tmp_path):
     path = train.run_dir_for(cfg) / "checkpoint.pt"
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(train.CheckpointError, match="truncated, corrupt"):
+    with pytest.raises(errors.CheckpointError, match="truncated, corrupt"):
         train.Trainer(load(tmp_path, "train.max_steps=3"))
     torch.save({"version": checkpoint.CHECKPOINT_VERSION + 1}, path)
-    with pytest.raises(train.CheckpointError, match="newer"):
+    with pytest.raises(errors.CheckpointError, match="newer"):
         checkpoint.load_checkpoint(path)
 
 
 def test_checkpoint_loading_refuses_pickled_objects(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"version": 1, "payload": Path("x")}, path)  # an arbitrary class, not tensors
-    with pytest.raises(train.CheckpointError):
+    with pytest.raises(errors.CheckpointError):
         checkpoint.load_checkpoint(path)
 
 
@@ -205,7 +205,7 @@ def test_other_architecture_checkpoint_is_refused(tmp_path):
     ckpt = checkpoint.load_checkpoint(path)
     ckpt["model"] = {k: v[..., :1] if v.ndim else v for k, v in ckpt["model"].items()}
     torch.save(ckpt, path)
-    with pytest.raises(train.CheckpointError, match="different architecture"):
+    with pytest.raises(errors.CheckpointError, match="different architecture"):
         train.Trainer(load(tmp_path, "train.max_steps=2"))
 
 
@@ -219,7 +219,7 @@ def test_disk_full_during_checkpoint_keeps_the_previous_one(tmp_path, monkeypatc
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)
-    with pytest.raises(train.CheckpointError, match="No space left.*previous checkpoint .* is intact"):
+    with pytest.raises(errors.CheckpointError, match="No space left.*previous checkpoint .* is intact"):
         train.train(load(tmp_path, "train.max_steps=30"))
     assert path.read_bytes() == before
     assert not list(path.parent.glob(".checkpoint.pt.tmp-*")), "no temp file left behind"
