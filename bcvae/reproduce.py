@@ -172,6 +172,22 @@ def write_results(rows: list[dict], out: Path, budget: str) -> None:
     table = markdown_table(rows)
     report = latent_report(rows)
     (out / f"{budget}.md").write_text(f"{table}\n\n{report}\n" if report else f"{table}\n")
+    write_seeds_figure(rows, out / f"{budget}_curves.png")
     print(table)
     if report:
         print(report)
+
+
+def write_seeds_figure(rows: list[dict], path: Path) -> Path | None:
+    """Reconstruction NLL and KL over training of every seed, one row per experiment."""
+    from bcvae import viz
+
+    histories: dict[str, dict[str, list]] = {}
+    for r in rows:
+        log_file = Path(r.get("run_dir", "")) / "metrics.jsonl"
+        if log_file.is_file():
+            histories.setdefault(r["experiment"], {})[f"seed {r['seed']}"] = viz.load_history(log_file.parent)
+    if not histories:
+        return None
+    viz.seeds_figure(histories).savefig(path, dpi=110)
+    return path

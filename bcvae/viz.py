@@ -487,6 +487,38 @@ def loss_curves_figure(rows: Sequence[dict]) -> Figure:
     return fig
 
 
+def seeds_figure(histories: dict[str, dict[str, Sequence[dict]]],
+                 keys: Sequence[tuple[str, str]] = (("train/rec", "reconstruction NLL (nats)"),
+                                                    ("train/kl", "KL (nats)"))) -> Figure:
+    """Curves of several runs side by side: one row per experiment, one column per
+    quantity, one line per run (seed).
+
+    ``histories`` maps experiment -> {run label: logged rows (:func:`load_history`)}.
+    Seeds of one objective can differ most in *when* they learn: a run that sits on
+    the reconstruction plateau of an uninformative code (the mean image) for a
+    while shows here as a late drop, which a mean ± std table hides.
+    """
+    from matplotlib import colormaps
+
+    names = list(histories)
+    fig = _figure(4.2 * len(keys), 2.6 * max(len(names), 1))
+    axes = np.atleast_2d(fig.subplots(max(len(names), 1), len(keys), squeeze=False))
+    colours = colormaps["tab10"]
+    for row, name in zip(axes, names):
+        for ax, (key, label) in zip(row, keys):
+            for j, (run, rows) in enumerate(histories[name].items()):
+                steps, values = series(rows, key)
+                if len(steps):
+                    ax.plot(steps, values, color=colours(j % colours.N), lw=1.2, label=run)
+            if key.endswith("/rec") and ax.get_lines():
+                ax.set_yscale("log")
+            ax.set_title(f"{name}: {label}", fontsize=9)
+            ax.set_xlabel("training step")
+            if ax.get_lines():
+                ax.legend(fontsize=7)
+    return fig
+
+
 def latent_factor_figure(codes: dict[str, np.ndarray], kl: np.ndarray | None = None,
                          dims: Sequence[int] | None = None) -> Figure:
     """Mean code of each latent (rows) as each factor varies (columns).

@@ -28,6 +28,7 @@ def test_rows_from_a_real_run(smoke_run, tmp_path, monkeypatch):
     reproduce.write_results([row], tmp_path, "test")
     saved = json.loads((tmp_path / "test.json").read_text())
     assert saved[0]["experiment"] == "smoke" and REQUIRED <= set(saved[0])
+    assert (tmp_path / "test_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| smoke | capacity | 1 |" in (tmp_path / "test.md").read_text()
 
 

@@ -150,6 +150,20 @@ def test_loss_curves_figure_has_train_and_validation_per_term():
     assert signed.axes[0].get_yscale() == "linear"
 
 
+def test_seeds_figure_draws_each_run_of_each_experiment():
+    def run(scale):
+        return [{"step": s, "train/rec": 500.0 / (1 + scale * s), "train/kl": scale * s} for s in range(0, 100, 10)]
+
+    histories = {"capacity": {"seed 0": run(1.0), "seed 1": run(0.5)}, "beta": {"seed 0": run(2.0)}}
+    fig = viz.seeds_figure(histories)
+    axes = fig.get_axes()
+    assert len(axes) == 4  # two experiments x (rec, KL)
+    rec_capacity, kl_capacity, rec_beta, _ = axes
+    assert [l.get_label() for l in rec_capacity.get_lines()] == ["seed 0", "seed 1"]
+    assert len(rec_beta.get_lines()) == 1 and rec_capacity.get_yscale() == "log"
+    np.testing.assert_allclose(kl_capacity.get_lines()[1].get_ydata(), [0.5 * s for s in range(0, 100, 10)])
+
+
 def test_switch_on_order_follows_first_crossing_of_one_bit():
     steps = [100, 200, 300, 400]
     rows = kl_rows(steps, {
