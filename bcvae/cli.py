@@ -84,10 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     except Interrupted as err:
         print(f"stopped: {err.args[0]}", file=sys.stderr)
         return 128 + int(err.args[1])
-    except (DatasetError, TrainingError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except OSError as err:  # the machine's fault (disk full, permissions), not the code's: no traceback
+    # OSError: the machine's fault (disk full, permissions), not the code's: no traceback either
+    except (DatasetError, TrainingError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # Ctrl-C outside training (which checkpoints instead), e.g. a cache build

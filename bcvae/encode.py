@@ -3,7 +3,8 @@
 :func:`make_encode` turns uint8 images into posterior means in large
 inference-mode batches; :class:`Encoder` compiles ``model.encode`` once enough
 images justify it (at once on CUDA) and falls back to eager mode if compiling
-fails. :func:`image_source` gives the metrics the images a run trained on.
+fails. :func:`encode_all` gives the posterior (μ, log σ²) of a whole
+dataset in the real file's order. :func:`image_source` gives the metrics the images a run trained on.
 """
 
 from __future__ import annotations
@@ -95,3 +96,17 @@ def image_source(provenance: dict, all_images: Callable[[], FoldData]) -> Callab
     position = np.empty(int(data.index.max()) + 1, np.int64)
     position[data.index] = np.arange(len(data.index))
     return lambda classes: data.images(position[np.ravel_multi_index(np.asarray(classes).T, FACTOR_SIZES)])
+
+
+@torch.inference_mode()
+def encode_all(model: nn.Module, data: FoldData, device: torch.device, batch_size: int = 1024):
+    """Posterior (μ, log σ²) of every image, each ``(737280, D)`` float32 in the real file's order."""
+    encoder = Encoder(model, device, "auto", batch_size, torch.channels_last)  # compiles once it pays
+    mus, logvars = [], []
+    for start in range(0, len(data), batch_size):
+        x = data.batch(np.arange(start, min(start + batch_size, len(data))), device)
+        mu, logvar = encoder(x.contiguous(memory_format=torch.channels_last))
+        mus.append(mu.float().cpu())
+        logvars.append(logvar.float().cpu())
+    order = np.argsort(data.index)  # cache order -> file order
+    return torch.cat(mus).numpy()[order], torch.cat(logvars).numpy()[order]

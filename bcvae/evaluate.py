@@ -14,7 +14,7 @@ import torch
 
 from bcvae import config, track
 from bcvae.checkpoint import load_checkpoint, write_json
-from bcvae.encode import image_source, make_encode
+from bcvae.encode import encode_all, image_source, make_encode
 from bcvae.model import VAE
 from bcvae.train import flatten_scores, pick_device
 
@@ -40,17 +40,20 @@ def load_model(ckpt_path: Path, device: torch.device | None = None) -> tuple[VAE
 WHOLE_DATASET = {"beta_vae", "factor_vae", "mig_full_grid"}
 
 
-def evaluate_checkpoint(ckpt_path: Path, metric_names, *, seed: int = 0, num_points: int = 10_000,
-                        full_grid_mig: bool = False) -> dict:
-    """Metrics of one checkpoint's encoder mean; the result records every setting."""
+def evaluate_checkpoint(ckpt_path: Path, metric_names, **kwargs) -> dict:
+    """Metrics of one checkpoint's encoder mean; see :func:`evaluate_model`."""
+    return evaluate_model(*load_model(ckpt_path), ckpt_path, metric_names, **kwargs)
+
+
+def evaluate_model(model: VAE, cfg: config.Config, ckpt: dict, ckpt_path: Path, metric_names, *, seed: int = 0,
+                   num_points: int = 10_000, full_grid_mig: bool = False) -> dict:
+    """Metrics of a loaded checkpoint's encoder mean (:func:`load_model`); the result records every setting."""
     from bcvae import metrics
     from bcvae.data import N_IMAGES, load_all
 
-    model, cfg, ckpt = load_model(ckpt_path)
     device = next(model.parameters()).device
     names = tuple(metric_names) + (("mig_full_grid",) if full_grid_mig else ())
     tic = time.perf_counter()
-    kwargs: dict = {}
     data = load_all(cfg.data) if WHOLE_DATASET & set(names) else None
     if data is not None and len(data) == N_IMAGES:
         mu, logvar = encode_all(model, data, device)
@@ -68,13 +71,17 @@ def evaluate_checkpoint(ckpt_path: Path, metric_names, *, seed: int = 0, num_poi
 
 def heldout_loss(ckpt_path: Path, seed: int = 0) -> dict[str, float]:
     """Loss terms of a checkpoint over its whole held-out fold: ``{"val/rec": ..., "val/kl": ...}``."""
+    return model_heldout_loss(*load_model(ckpt_path), seed=seed)
+
+
+def model_heldout_loss(model: VAE, cfg: config.Config, ckpt: dict, seed: int = 0) -> dict[str, float]:
+    """:func:`heldout_loss` of a loaded checkpoint (:func:`load_model`)."""
     import numpy as np
 
     from bcvae.data import load_split
     from bcvae.model import Discriminator
     from bcvae.train import heldout_terms
 
-    model, cfg, ckpt = load_model(ckpt_path)
     device = next(model.parameters()).device
     disc = None
     if cfg.loss.objective == "factor":
@@ -83,24 +90,6 @@ def heldout_loss(ckpt_path: Path, seed: int = 0) -> dict[str, float]:
     split = load_split(cfg.data)
     return heldout_terms(model, disc, split.val, np.arange(len(split.val)), cfg, ckpt["step"], device,
                          seed=seed, dataset_size=len(split.train))
-
-
-@torch.inference_mode()
-def encode_all(model: VAE, data, device: torch.device, batch_size: int = 1024):
-    """Posterior (μ, log σ²) of every image, each ``(737280, D)`` float32 in the real file's order."""
-    import numpy as np
-
-    from bcvae.encode import Encoder
-
-    encoder = Encoder(model, device, "auto", batch_size, torch.channels_last)  # compiles once it pays
-    mus, logvars = [], []
-    for start in range(0, len(data), batch_size):
-        x = data.batch(np.arange(start, min(start + batch_size, len(data))), device)
-        mu, logvar = encoder(x.contiguous(memory_format=torch.channels_last))
-        mus.append(mu.float().cpu())
-        logvars.append(logvar.float().cpu())
-    order = np.argsort(data.index)  # cache order -> file order
-    return torch.cat(mus).numpy()[order], torch.cat(logvars).numpy()[order]
 
 
 def main(args) -> dict:

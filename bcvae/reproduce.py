@@ -64,7 +64,7 @@ def evaluate_run(run_dir: Path, experiment: str, seed: int, budget: str, num_poi
     from bcvae import track, viz
     from bcvae.checkpoint import write_json
     from bcvae.encode import make_encode
-    from bcvae.evaluate import evaluate_checkpoint, heldout_loss, load_model
+    from bcvae.evaluate import evaluate_model, load_model, model_heldout_loss
 
     model, cfg, ckpt = load_model(run_dir / "checkpoint.pt")
     cached = run_dir / "results_row.json"
@@ -73,10 +73,10 @@ def evaluate_run(run_dir: Path, experiment: str, seed: int, budget: str, num_poi
         row = json.loads(cached.read_text())
         if row.get("cache_key") == key:
             return row
-    result = evaluate_checkpoint(run_dir / "checkpoint.pt", METRICS, seed=seed, num_points=num_points)
+    result = evaluate_model(model, cfg, ckpt, run_dir / "checkpoint.pt", METRICS, seed=seed, num_points=num_points)
     write_json(run_dir / "eval.json", result)
     s = result["scores"]
-    heldout = heldout_loss(run_dir / "checkpoint.pt", seed=seed)  # the whole held-out fold
+    heldout = model_heldout_loss(model, cfg, ckpt, seed=seed)  # the whole held-out fold
     rows = track.read_jsonl(run_dir / "metrics.jsonl")
     encode = make_encode(model, next(model.parameters()).device)
     row = {

@@ -501,13 +501,14 @@ def seeds_figure(histories: dict[str, dict[str, Sequence[dict]]],
     from matplotlib import colormaps
 
     names = list(histories)
-    fig = _figure(4.2 * len(keys), 2.6 * max(len(names), 1))
-    axes = np.atleast_2d(fig.subplots(max(len(names), 1), len(keys), squeeze=False))
+    n_rows = max(len(names), 1)
+    fig = _figure(4.2 * len(keys), 2.6 * n_rows)
+    axes = fig.subplots(n_rows, len(keys), squeeze=False)
     colours = colormaps["tab10"]
     for row, name in zip(axes, names):
         for ax, (key, label) in zip(row, keys):
-            for j, (run, rows) in enumerate(histories[name].items()):
-                steps, values = series(rows, key)
+            for j, (run, history) in enumerate(histories[name].items()):
+                steps, values = series(history, key)
                 if len(steps):
                     ax.plot(steps, values, color=colours(j % colours.N), lw=1.2, label=run)
             if key.endswith("/rec") and ax.get_lines():

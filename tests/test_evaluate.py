@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import torch
 
-from bcvae import evaluate
+from bcvae import encode, evaluate
 from bcvae.data import load_all, render_dsprites
 from conftest import ROOT
 
@@ -17,7 +17,7 @@ from conftest import ROOT
 def test_encode_all_returns_file_order(smoke_run):
     model, cfg, _ = evaluate.load_model(smoke_run / "checkpoint.pt")
     data = load_all(cfg.data)
-    mu, logvar = evaluate.encode_all(model, data, torch.device("cpu"), batch_size=256)
+    mu, logvar = encode.encode_all(model, data, torch.device("cpu"), batch_size=256)
     order = np.argsort(data.index)
     images = render_dsprites(data.factors[order])  # independent of the cache
     with torch.no_grad():
