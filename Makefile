@@ -23,7 +23,7 @@ DEPS := check-python
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help install check-python data train cv eval sweep plots bench reproduce test test-slow test-all clean
+.PHONY: help install check-python data train cv eval sweep plots bench reproduce plateau test test-slow test-all clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -64,6 +64,9 @@ bench: $(DEPS)  ## throughput / memory benchmarks -> benchmarks/results/latest.j
 
 reproduce: $(DEPS)  ## train + evaluate the results table: BUDGET=cpu|full ARGS="--seeds 0,1,2 --jobs 2"
 	$(PYTHON) -m bcvae reproduce --budget $(BUDGET) $(ARGS)
+
+plateau: $(DEPS)  ## the capacity objective's mean-image plateau study -> results/plateau.md: ARGS="--seeds 0,1 --jobs 2"
+	$(PYTHON) -m bcvae plateau $(ARGS)
 
 test: $(DEPS)  ## the default test suite (fast)
 	$(PYTHON) -m pytest -m "not slow" $(PYTEST)

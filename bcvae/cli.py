@@ -1,4 +1,4 @@
-"""Command line: ``bcvae train|cv|eval|data|sweep|plots|reproduce`` (also ``python -m bcvae``).
+"""Command line: ``bcvae train|cv|eval|data|sweep|plots|reproduce|plateau`` (also ``python -m bcvae``).
 
 Exit codes: 0 success, 1 runtime failure (data, checkpoint, non-finite loss),
 2 configuration error, 128+N when stopped by signal N (a checkpoint was written).
@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> int:
         from bcvae import reproduce
 
         return reproduce.main(argv[1:])
+    if argv[:1] == ["plateau"]:  # likewise: bcvae plateau --help
+        from bcvae import plateau
+
+        return plateau.main(argv[1:])
     args = _parser().parse_args(argv)
     from bcvae.config import ConfigError
     from bcvae.errors import DatasetError, Interrupted, TrainingError

@@ -68,6 +68,10 @@ class LossConfig:
     """Capacity objective: final capacity C_max in nats."""
     c_steps: int = 100_000
     """Capacity objective: global steps over which C grows linearly from 0 to C_max."""
+    gamma_warmup_steps: int = 0
+    """Capacity objective: γ grows linearly from 0 to gamma over these steps (0 = γ from the start)."""
+    warm_start_steps: int = 0
+    """Capacity objective: optimise the plain ELBO (β = 1) for these first steps (0 = none)."""
     factor_gamma: float = 35.0
     """FactorVAE: weight γ on the total-correlation estimate."""
     tc_alpha: float = 1.0
@@ -242,6 +246,9 @@ def resume_conflicts(saved: dict, current: Config) -> list[str]:
     """Keys whose values differ between a checkpoint's config and ``current``,
     excluding those allowed to change on resume (budgets, logging, device)."""
     old, new = flatten(saved), flatten(to_dict(current))
+    # A key newer than the checkpoint is no conflict while it keeps its default,
+    # which reproduces the behaviour the run was trained with.
+    old.update({k: v for k, v in flatten(to_dict(Config())).items() if k not in old})
     keys = sorted(set(old) | set(new))
     return [
         f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
@@ -371,6 +378,8 @@ def validate(cfg: Config, source: str) -> None:
         value = getattr(l, key)
         _check(math.isfinite(value) and value >= 0, source, f"loss.{key}", f"must be finite and >= 0, got {value}")
     _check(l.c_steps >= 1, source, "loss.c_steps", f"must be >= 1, got {l.c_steps}")
+    for key in ("gamma_warmup_steps", "warm_start_steps"):
+        _check(getattr(l, key) >= 0, source, f"loss.{key}", f"must be >= 0, got {getattr(l, key)}")
     _check(math.isfinite(t.lr) and t.lr > 0, source, "train.lr", f"must be > 0, got {t.lr}")
     _check(l.disc_lr > 0, source, "loss.disc_lr", f"must be > 0, got {l.disc_lr}")
     for key in ("adam_beta1", "adam_beta2"):

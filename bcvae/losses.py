@@ -69,6 +69,17 @@ def capacity(step: int, c_max: float, c_steps: int) -> float:
     return float(min(c_max, c_max * max(step, 0) / c_steps))
 
 
+def capacity_gamma(step: int, gamma: float, warmup_steps: int) -> float:
+    """Weight of |KL − C| at ``step``: γ·min(1, step/warmup_steps); ``warmup_steps <= 0`` = γ throughout.
+
+    A γ warm-up is not in Burgess et al. (2018); it is the remedy ``capacity25.yaml``
+    uses for the mean-image plateau (see ``docs/capacity_plateau.md``).
+    """
+    if warmup_steps <= 0:
+        return float(gamma)
+    return float(gamma * min(1.0, max(step, 0) / warmup_steps))
+
+
 def permute_dims(z: Tensor, generator: torch.Generator | None = None) -> Tensor:
     """Shuffle each latent independently across the batch (Kim & Mnih 2018, Alg. 1).
 
@@ -170,6 +181,25 @@ def tc_decomposition(z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int,
     return mi, tc, dw_kl
 
 
+@torch.no_grad()
+def kl_split(z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int, terms: dict) -> dict[str, Tensor]:
+    """Diagnostics: the KL split as  KL = I(x; z) + KL(q(z) ‖ p(z))  (Hoffman & Johnson 2016;
+    Chen et al. 2018, eq. 2), estimated on the batch with minibatch stratified sampling.
+
+    "mi" is the index-code mutual information: how many nats of the KL tell images
+    apart. "marginal_kl" (= TC + dimension-wise KL) is the rest: nats spent on the
+    aggregate posterior q(z) differing from N(0, I), e.g. a shift of μ common to every
+    image. A code that ignores x has mi = 0 whatever its KL. Both are estimates on B
+    samples (mi ≤ log N); they sum to the Monte-Carlo KL, not exactly to "kl".
+    Reuses the β-TCVAE objective's own values when present. No gradients, no RNG.
+    """
+    if {"mi", "tc", "dw_kl"} <= terms.keys():
+        mi, tc, dw_kl = terms["mi"], terms["tc"], terms["dw_kl"]
+    else:
+        mi, tc, dw_kl = tc_decomposition(z, mu, logvar, dataset_size, "mss")
+    return {"mi": mi, "marginal_kl": tc + dw_kl}
+
+
 def _regulariser(loss_cfg: Any, mu: Tensor, logvar: Tensor, z: Tensor, kl: Tensor, step: int,
                  discriminator: nn.Module | None, dataset_size: int | None) -> tuple[Tensor, dict[str, Any]]:
     """Everything of the objective but the reconstruction term; see ``vae_loss``."""
@@ -179,7 +209,11 @@ def _regulariser(loss_cfg: Any, mu: Tensor, logvar: Tensor, z: Tensor, kl: Tenso
     if objective == "capacity":
         c = capacity(step, loss_cfg.c_max, loss_cfg.c_steps)
         gap = (kl - c).abs()
-        return loss_cfg.gamma * gap, {"C": c, "kl_gap": gap}
+        terms = {"C": c, "kl_gap": gap}
+        if step < loss_cfg.warm_start_steps:   # plain ELBO first (β = 1), C already counting
+            return kl, {**terms, "gamma": 0.0}
+        gamma = capacity_gamma(step, loss_cfg.gamma, loss_cfg.gamma_warmup_steps)
+        return gamma * gap, {**terms, "gamma": gamma}
     if objective == "factor":
         if discriminator is None:
             raise ValueError("loss.objective 'factor' needs the discriminator passed to vae_loss")
@@ -200,14 +234,16 @@ def vae_loss(loss_cfg: Any, x: Tensor, logits: Tensor, mu: Tensor, logvar: Tenso
     """The objective named by ``loss_cfg.objective``; returns ``(loss, terms)``.
 
     * ``"beta"``     rec + β·KL                          (Higgins et al. 2017, eq. 4)
-    * ``"capacity"`` rec + γ·|KL − C(step)|               (Burgess et al. 2018, eq. 8)
+    * ``"capacity"`` rec + γ·|KL − C(step)|               (Burgess et al. 2018, eq. 8); optionally
+      γ warmed up from 0 (``gamma_warmup_steps``) or the plain ELBO for ``warm_start_steps``
     * ``"factor"``   rec + KL + γ·TC, TC from D's logits (Kim & Mnih 2018, eq. 2–3); needs
       ``discriminator`` — see the module docstring for the update order
     * ``"btcvae"``   rec + α·MI + β·TC + γ·dw-KL          (Chen et al. 2018, eq. 4); needs
       ``dataset_size`` (N of the training split)
 
     x, logits : (B,1,64,64); mu, logvar, z : (B, D). terms: "loss", "rec", "kl",
-    "kl_per_dim" (D,), plus "C", "kl_gap" | "tc" | "mi", "tc", "dw_kl" by objective.
+    "kl_per_dim" (D,), plus "C", "kl_gap", "gamma" | "tc" | "mi", "tc", "dw_kl" by objective,
+    and, when ``dataset_size`` is given, the diagnostics "mi" and "marginal_kl" (``kl_split``).
     """
     rec = recon_nll(logits, x, loss_cfg.likelihood)
     kl_dims = kl_per_dim(mu, logvar)
@@ -215,4 +251,6 @@ def vae_loss(loss_cfg: Any, x: Tensor, logits: Tensor, mu: Tensor, logvar: Tenso
     penalty, terms = _regulariser(loss_cfg, mu, logvar, z, kl, step, discriminator, dataset_size)
     loss = rec + penalty
     terms.update(loss=loss, rec=rec, kl=kl, kl_per_dim=kl_dims)
+    if dataset_size is not None and z.shape[0] >= 2:
+        terms.update(kl_split(z, mu, logvar, dataset_size, terms))
     return loss, {k: v.detach() if isinstance(v, Tensor) else v for k, v in terms.items()}

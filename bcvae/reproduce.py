@@ -37,9 +37,11 @@ def run_name(experiment: str, seed: int) -> str:
     return f"{experiment}-seed{seed}"
 
 
-def train_one(experiment: str, seed: int, *, threads: int, overrides: list[str], root: Path) -> Path:
-    """Train (or resume) one seed in a subprocess; returns its run directory."""
-    name = run_name(experiment, seed)
+def train_one(experiment: str, seed: int, *, threads: int, overrides: list[str], root: Path,
+              name: str | None = None) -> Path:
+    """Train (or resume) one seed in a subprocess as run ``name`` (default
+    ``<experiment>-seed<seed>``); returns its run directory."""
+    name = name or run_name(experiment, seed)
     args = [sys.executable, "-m", "bcvae", "train", experiment, f"seed={seed}", "data.fold=0",
             f"name={name}", f"train.threads={threads}", "log.progress=false", *overrides]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}

@@ -213,6 +213,7 @@ class Trainer:
             raise TrainingError(f"train.batch_size={cfg.train.batch_size} must divide by the {self.world} processes")
         self.dir = run_dir_for(cfg)
         self.ckpt_path = self.dir / "checkpoint.pt"
+        self.max_overshoot = -math.inf  # capacity objective: largest logged KL − C (restored on resume)
         self._lock = self._lock_run_dir() if self.rank == 0 else None
         try:
             self._setup(fresh, group)
@@ -359,6 +360,10 @@ class Trainer:
         set_rng_state(ckpt["rng"])
         if self.rank == 0:
             self._truncate_log(self.step)
+            log_path = self.dir / "metrics.jsonl"
+            rows = track.read_jsonl(log_path) if log_path.exists() else []
+            self.max_overshoot = max((r["train/overshoot"] for r in rows if "train/overshoot" in r),
+                                     default=-math.inf)
         log.info("resuming %s at step %d (epoch %d)", self.ckpt_path, self.step, self.epoch)
 
     def _truncate_log(self, step: int) -> None:
@@ -580,6 +585,11 @@ class Trainer:
         bar.set_postfix(loss=f"{values['train/loss']:.2f}", step=self.step)
         if self.tracker is None:
             return
+        if "train/C" in values:
+            # The capacity constraint's slack: KL above C, and the largest such excess so far.
+            values["train/overshoot"] = values["train/kl"] - values["train/C"]
+            self.max_overshoot = max(self.max_overshoot, values["train/overshoot"])
+            values["train/max_overshoot"] = self.max_overshoot
         seconds = max(time.perf_counter() - tic, 1e-9)
         values.update({"train/lr": self.opt.param_groups[0]["lr"], "train/epoch": self.epoch,
                        "train/img_per_s": count * self.cfg.train.batch_size / seconds})

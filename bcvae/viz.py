@@ -487,6 +487,36 @@ def loss_curves_figure(rows: Sequence[dict]) -> Figure:
     return fig
 
 
+def information_figure(rows: Sequence[dict], split: str = "train") -> Figure:
+    """Where the KL goes: KL = I(x; z) + KL(q(z) ‖ p(z)) over steps, with C(step) when logged.
+
+    Two axes. Left: the KL, its index-code mutual information (the nats that tell images
+    apart) and the marginal KL (nats spent moving q(z) as a whole, e.g. a common shift of
+    μ), from ``<split>/kl``, ``<split>/mi``, ``<split>/marginal_kl``, and ``train/C``.
+    Right: reconstruction NLL. "KL = C but MI ≈ 0" is a decoder still drawing the mean image.
+    """
+    fig = _figure(11.0, 3.6)
+    info, rec = fig.subplots(1, 2)
+    for key, label, style in ((f"{split}/kl", "KL", {"color": "black", "lw": 2}),
+                              (f"{split}/mi", "I(x; z)", {"color": "tab:blue", "lw": 1.4}),
+                              (f"{split}/marginal_kl", "KL(q(z) ‖ p(z))", {"color": "tab:orange", "lw": 1.4}),
+                              ("train/C", "capacity C", {"color": "black", "ls": "--", "lw": 1.2})):
+        steps, values = series(rows, key)
+        if len(steps):
+            info.plot(steps, values, label=label, **style)
+    info.set_xlabel("training step")
+    info.set_ylabel("nats")
+    info.set_title(f"KL = I(x; z) + KL(q(z) ‖ p(z))  ({split})")
+    if info.get_lines():
+        info.legend(fontsize=8)
+    steps, values = series(rows, f"{split}/rec")
+    if len(steps):
+        rec.plot(steps, values, color="tab:green", lw=1.4)
+    rec.set_xlabel("training step")
+    rec.set_title(f"reconstruction NLL ({split}, nats)")
+    return fig
+
+
 def seeds_figure(histories: dict[str, dict[str, Sequence[dict]]],
                  keys: Sequence[tuple[str, str]] = (("train/rec", "reconstruction NLL (nats)"),
                                                     ("train/kl", "KL (nats)"))) -> Figure:
@@ -643,7 +673,7 @@ def write_run_plots(run_dir: Path, n_per_value: int = 32) -> list[Path]:
     """Write every figure of a run as PNG under ``run_dir/plots/`` (``bcvae plots RUN``).
 
     Files: ``reconstructions.png``, ``traversals.png``, ``traversals.gif``,
-    ``kl_emergence.png``, ``loss_curves.png``, ``latent_factors.png``, and
+    ``kl_emergence.png``, ``loss_curves.png``, ``information.png``, ``latent_factors.png``, and
     ``latents.json`` (the latent -> factor table and the switch-on order).
     Returns the paths written.
     """
@@ -657,6 +687,7 @@ def write_run_plots(run_dir: Path, n_per_value: int = 32) -> list[Path]:
         "traversals": traversal_figure(run.model, run.images[:1], kl),
         "kl_emergence": kl_emergence_figure(run.rows),
         "loss_curves": loss_curves_figure(run.rows),
+        "information": information_figure(run.rows),
         "latent_factors": latent_factor_figure(codes, kl),
     }
     paths = []

@@ -8,15 +8,15 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
-from bcvae.losses import (capacity, discriminator_loss, kl_per_dim, permute_dims, recon_nll,
-                          tc_decomposition, vae_loss)
+from bcvae.losses import (capacity, capacity_gamma, discriminator_loss, kl_per_dim, kl_split, permute_dims,
+                          recon_nll, tc_decomposition, vae_loss)
 from bcvae.model import VAE, Discriminator
 
 
 def _cfg(**overrides) -> SimpleNamespace:
     """The LossConfig fields vae_loss reads."""
     fields = dict(objective="beta", likelihood="bernoulli", beta=4.0, gamma=1000.0, c_max=25.0,
-                  c_steps=100_000, factor_gamma=35.0, tc_alpha=1.0, tc_beta=6.0, tc_gamma=1.0,
+                  c_steps=100_000, gamma_warmup_steps=0, warm_start_steps=0, factor_gamma=35.0, tc_alpha=1.0, tc_beta=6.0, tc_gamma=1.0,
                   tc_estimator="mss", disc_lr=1e-4, disc_beta1=0.5, disc_beta2=0.9)
     return SimpleNamespace(**{**fields, **overrides})
 
@@ -124,6 +124,70 @@ def test_capacity_loss_is_rec_plus_gamma_abs_gap():
         torch.testing.assert_close(loss, rec + 1000.0 * (kl - c).abs())
         assert terms["C"] == pytest.approx(c)
         torch.testing.assert_close(terms["kl_gap"], (kl - c).abs())
+
+
+def test_gamma_warmup_is_linear_from_zero_then_constant():
+    assert capacity_gamma(500, 1000.0, 0) == 1000.0
+    assert [capacity_gamma(s, 1000.0, 2000) for s in (0, 500, 2000, 9000)] == [0.0, 250.0, 1000.0, 1000.0]
+    x, logits, mu, logvar, z = _posterior()
+    rec, kl = _hand_terms(x, logits, mu, logvar)
+    cfg = _cfg(objective="capacity", gamma=1000.0, c_max=25.0, c_steps=1000, gamma_warmup_steps=2000)
+    loss, terms = vae_loss(cfg, x, logits, mu, logvar, z, step=500)
+    torch.testing.assert_close(loss, rec + 250.0 * (kl - 12.5).abs())
+    assert terms["gamma"] == 250.0
+
+
+def test_warm_start_is_the_plain_elbo_then_the_capacity_objective():
+    x, logits, mu, logvar, z = _posterior()
+    rec, kl = _hand_terms(x, logits, mu, logvar)
+    cfg = _cfg(objective="capacity", gamma=1000.0, c_max=25.0, c_steps=1000, warm_start_steps=100)
+    before, terms = vae_loss(cfg, x, logits, mu, logvar, z, step=99)
+    torch.testing.assert_close(before, rec + kl)            # β = 1
+    assert terms["C"] == pytest.approx(2.475) and terms["gamma"] == 0.0
+    after, _ = vae_loss(cfg, x, logits, mu, logvar, z, step=100)
+    torch.testing.assert_close(after, rec + 1000.0 * (kl - 2.5).abs())
+
+
+# ---------------------------------------------------------------- KL = MI + marginal KL
+
+def test_a_code_that_ignores_x_has_zero_mi_and_all_its_kl_is_marginal():
+    # Every image gets the same posterior N(μ, σ²): q(z) = q(z|x), so I(x; z) = 0 exactly and
+    # the whole KL is KL(q(z) ‖ p(z)), here a common shift of μ — what the plateau looks like.
+    g = torch.Generator().manual_seed(0)
+    mu = torch.tensor([[1.5, -0.5, 0.0]]).repeat(64, 1).double()
+    logvar = torch.tensor([[-1.0, 0.2, 0.0]]).repeat(64, 1).double()
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(64, 3, generator=g, dtype=torch.float64)
+    split = kl_split(z, mu, logvar, 10_000, {})
+    assert abs(split["mi"].item()) < 1e-12
+    q = Normal(mu, torch.exp(0.5 * logvar))
+    mc_kl = (q.log_prob(z) - Normal(0.0, 1.0).log_prob(z)).sum(1).mean()
+    torch.testing.assert_close(split["marginal_kl"], mc_kl)
+
+
+def test_mi_of_two_separated_clusters_is_log_two():
+    # x picks one of two far-apart posteriors with probability ½ each: I(x; z) = log 2 nats.
+    # MSS weighs the 31 other same-cluster codes by 1/63 each (B = 64, N ≫ B): log(63/31).
+    g = torch.Generator().manual_seed(1)
+    mu = torch.cat([torch.full((32, 2), -20.0), torch.full((32, 2), 20.0)]).double()
+    logvar = torch.zeros_like(mu)
+    z = mu + torch.randn(64, 2, generator=g, dtype=torch.float64)
+    mi = kl_split(z, mu, logvar, 10**9, {})["mi"].item()
+    assert mi == pytest.approx(math.log(63 / 31), abs=1e-6)
+    assert mi == pytest.approx(math.log(2.0), abs=0.02)
+
+
+def test_every_objective_logs_mi_and_marginal_kl_that_sum_to_the_monte_carlo_kl():
+    x, logits, mu, logvar, z = _posterior(batch=32, dim=4)
+    q = Normal(mu, torch.exp(0.5 * logvar))
+    mc_kl = (q.log_prob(z) - Normal(0.0, 1.0).log_prob(z)).sum(1).mean()
+    disc = Discriminator(z_dim=4)
+    for objective in ("beta", "capacity", "factor", "btcvae"):
+        _, terms = vae_loss(_cfg(objective=objective), x, logits, mu, logvar, z, 10, discriminator=disc,
+                            dataset_size=5000)
+        torch.testing.assert_close(terms["mi"] + terms["marginal_kl"], mc_kl, rtol=1e-4, atol=1e-4)
+        assert 0 < terms["mi"] <= math.log(5000) + 1e-6
+    _, terms = vae_loss(_cfg(objective="beta"), x, logits, mu, logvar, z, 10)
+    assert "mi" not in terms  # no dataset size, no estimate
 
 
 # ---------------------------------------------------------------- FactorVAE

@@ -46,7 +46,8 @@ def test_smoke_run_streams_to_wandb(smoke_run):
     rows = wandb_records.history(smoke_run)
     keys = set().union(*rows)
     for key in ("train/loss", "train/rec", "train/kl", "train/C", "train/kl_dim/0", "train/lr", "train/img_per_s",
-                "val/loss", "val/rec", "val/kl", "val/kl_dim/9", "eval/mig", "eval/sap"):
+                "train/mi", "train/marginal_kl", "train/overshoot", "train/max_overshoot",
+                "val/loss", "val/rec", "val/kl", "val/kl_dim/9", "val/mi", "val/marginal_kl", "eval/mig", "eval/sap"):
         assert key in keys, key
     media = {k.rsplit("/", 1)[0]: r[k] for r in rows for k in r if k.endswith("/_type")}
     assert media["images/reconstruction"] == "image-file"
@@ -86,8 +87,15 @@ def test_budget_stop_then_resume_equals_uninterrupted(tmp_path):
     assert (ckpt["step"], ckpt["epoch"], ckpt["step_in_epoch"]) == (13, 0, 13)
     train.train(load(tmp_path / "b"))  # budget lifted: resumes mid-epoch
     assert_same_params(params(whole.dir), params(train.run_dir_for(part)))
-    steps = [r["step"] for r in train.track.read_jsonl(train.run_dir_for(part) / "metrics.jsonl") if "train/loss" in r]
+    rows = [r for r in train.track.read_jsonl(train.run_dir_for(part) / "metrics.jsonl") if "train/loss" in r]
+    steps = [r["step"] for r in rows]
     assert steps == sorted(set(steps)), "resumed log must not repeat steps"
+    # The running largest KL − C survives the resume: it is rebuilt from the log.
+    overshoot = np.array([r["train/overshoot"] for r in rows])
+    np.testing.assert_allclose([r["train/max_overshoot"] for r in rows], np.maximum.accumulate(overshoot))
+    np.testing.assert_allclose(overshoot, [r["train/kl"] - r["train/C"] for r in rows])
+    first_resumed = steps.index(15)
+    assert overshoot[first_resumed] < overshoot[:first_resumed].max(), "the check needs a maximum to carry over"
 
 
 def _run_cli(tmp: Path, *extra: str, **kw) -> subprocess.Popen:

@@ -150,6 +150,20 @@ def test_loss_curves_figure_has_train_and_validation_per_term():
     assert signed.axes[0].get_yscale() == "linear"
 
 
+def test_information_figure_draws_kl_its_split_capacity_and_reconstruction():
+    rows = [{"step": s, "train/kl": 0.1 * s, "train/mi": 0.0, "train/marginal_kl": 0.1 * s,
+             "train/C": 0.1 * s, "train/rec": 570.0} for s in (10, 20, 30)]
+    fig = viz.information_figure(rows)
+    info, rec = fig.axes
+    lines = {line.get_label(): line for line in info.get_lines()}
+    assert list(lines) == ["KL", "I(x; z)", "KL(q(z) ‖ p(z))", "capacity C"]
+    np.testing.assert_allclose(lines["I(x; z)"].get_ydata(), [0.0, 0.0, 0.0])   # KL = C, MI = 0: the plateau
+    np.testing.assert_allclose(lines["KL"].get_ydata(), lines["capacity C"].get_ydata())
+    np.testing.assert_allclose(rec.get_lines()[0].get_ydata(), [570.0] * 3)
+    beta = viz.information_figure([{k: v for k, v in r.items() if k != "train/C"} for r in rows])
+    assert "capacity C" not in [line.get_label() for line in beta.axes[0].get_lines()]
+
+
 def test_seeds_figure_draws_each_run_of_each_experiment():
     def run(scale):
         return [{"step": s, "train/rec": 500.0 / (1 + scale * s), "train/kl": scale * s} for s in range(0, 100, 10)]
@@ -283,7 +297,7 @@ def test_write_run_plots_writes_every_figure(smoke_run):
     paths = viz.write_run_plots(smoke_run, n_per_value=8)
     names = {p.name for p in paths}
     assert names == {"reconstructions.png", "traversals.png", "traversals.gif", "kl_emergence.png",
-                     "loss_curves.png", "latent_factors.png", "latents.json"}
+                     "loss_curves.png", "information.png", "latent_factors.png", "latents.json"}
     for path in paths:
         assert path.parent == smoke_run / "plots" and path.stat().st_size > 0
         if path.suffix == ".png":

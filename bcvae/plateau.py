@@ -1,0 +1,155 @@
+"""``bcvae plateau``: the mean-image plateau study of the capacity objective.
+
+Every objective starts with a decoder that draws the mean image (reconstruction
+NLL ≈ 570 nats). At Burgess et al.'s settings (γ = 1000, C 0 → 25 nats over
+100k steps) the capacity term then holds KL = C with nats that carry no
+information (I(x; z) ≈ 0). This study trains ``capacity25_paper.yaml`` with
+one change per row (γ, or a remedy), for a few thousand steps and several
+seeds, and reports for each run when it left the plateau, how much of its KL
+was information at that moment, and how tightly KL followed C afterwards.
+The table goes to ``results/plateau.md`` (and ``docs/capacity_plateau.md``
+quotes it); every row states the command that trains it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from bcvae.reproduce import train_one
+
+log = logging.getLogger("bcvae")
+
+EXPERIMENT = "capacity25_paper"
+PLATEAU_NLL = 500.0
+"""A run has left the plateau at the first logged step whose training reconstruction NLL is below this."""
+
+# key -> (what changes, overrides of capacity25_paper.yaml). One change per row.
+ROWS = {
+    "gamma1000": ("γ = 1000 (the paper)", []),
+    "gamma300": ("γ = 300", ["loss.gamma=300"]),
+    "gamma100": ("γ = 100", ["loss.gamma=100"]),
+    "warmup2k": ("γ warm-up 0 → 1000 over 2k steps", ["loss.gamma_warmup_steps=2000"]),
+    "warmup10k": ("γ warm-up 0 → 1000 over 10k steps", ["loss.gamma_warmup_steps=10000"]),
+    "warmstart1k": ("β = 1 for the first 1k steps", ["loss.warm_start_steps=1000"]),
+    "lr1e-4": ("Adam lr 1e-4 (disentanglement_lib)", ["train.lr=1.0e-4"]),
+}
+# Settings of every plateau run that do not change its trajectory: no metrics, fewer pictures.
+QUIET = ["eval.at_end=false", "log.every_images=4000", "train.val_max_batches=8"]
+
+
+def run_name(key: str, seed: int) -> str:
+    return f"plateau-{key}-seed{seed}"
+
+
+def command(key: str, seed: int, steps: int) -> str:
+    """The ``make`` command that trains one row's run (what a reader types)."""
+    args = " ".join([f"seed={seed}", f"train.max_steps={steps}", *ROWS[key][1]])
+    return f'make train EXP={EXPERIMENT} ARGS="{args}"'
+
+
+def exit_summary(rows: list[dict], threshold: float = PLATEAU_NLL) -> dict:
+    """What one run's training log says about the plateau.
+
+    ``rows``: the run's logged training rows (``train/rec``, ``train/kl``, ``train/mi``,
+    ``train/C``; each an average over the logging window). Returns the exit step
+    (None while still on the plateau), I(x; z), KL and C at that step, the largest
+    KL − C and |KL − C| after it, and the last row's values.
+    """
+    rows = sorted((r for r in rows if "train/rec" in r), key=lambda r: r["step"])
+    if not rows:
+        raise ValueError("no training rows logged")
+    last = rows[-1]
+    out = {"steps": last["step"], "exit_step": None, "mi_at_exit": None, "kl_at_exit": None, "C_at_exit": None,
+           "max_overshoot_after": None, "max_abs_gap_after": None,
+           "final_rec": last["train/rec"], "final_kl": last["train/kl"], "final_C": last.get("train/C"),
+           "final_mi": last.get("train/mi")}
+    exit_at = next((i for i, r in enumerate(rows) if r["train/rec"] < threshold), None)
+    if exit_at is None:
+        return out
+    at = rows[exit_at]
+    gaps = np.array([r["train/kl"] - r["train/C"] for r in rows[exit_at:] if "train/C" in r])
+    out.update(exit_step=at["step"], mi_at_exit=at.get("train/mi"), kl_at_exit=at["train/kl"],
+               C_at_exit=at.get("train/C"),
+               max_overshoot_after=float(gaps.max()) if len(gaps) else None,
+               max_abs_gap_after=float(np.abs(gaps).max()) if len(gaps) else None)
+    return out
+
+
+def _fmt(value, spec: str) -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def markdown_table(results: list[dict]) -> str:
+    """One line per run, grouped by row, with the command that trains it."""
+    lines = ["| change | seed | steps | left plateau at | I(x; z) there | KL / C there | max KL − C after "
+             "| max \\|KL − C\\| after | final NLL | final KL / C | final I(x; z) | command |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    for r in results:
+        exit_step = "never" if r["exit_step"] is None else f"{r['exit_step']:,}"
+        lines.append(
+            f"| {r['label']} | {r['seed']} | {r['steps']:,} | {exit_step} | {_fmt(r['mi_at_exit'], '.2f')} "
+            f"| {_fmt(r['kl_at_exit'], '.2f')} / {_fmt(r['C_at_exit'], '.2f')} "
+            f"| {_fmt(r['max_overshoot_after'], '.2f')} | {_fmt(r['max_abs_gap_after'], '.2f')} "
+            f"| {r['final_rec']:.0f} | {r['final_kl']:.2f} / {_fmt(r['final_C'], '.2f')} "
+            f"| {_fmt(r['final_mi'], '.2f')} | `{r['command']}` |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bcvae import track
+    from bcvae.checkpoint import write_json
+
+    p = argparse.ArgumentParser(prog="bcvae plateau", description=__doc__.splitlines()[0])
+    p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of: {', '.join(ROWS)}")
+    p.add_argument("--seeds", default="0,1", help="comma-separated, e.g. 0,1")
+    p.add_argument("--steps", type=int, default=8000, help="training steps of every run")
+    p.add_argument("--jobs", type=int, default=2, help="trainings side by side, one thread each")
+    p.add_argument("--no-train", action="store_true", help="summarise the runs as they are")
+    p.add_argument("--out", default="results")
+    args = p.parse_args(argv)
+    keys = [k for k in args.rows.split(",") if k]
+    unknown = [k for k in keys if k not in ROWS]
+    if unknown:
+        p.error(f"unknown row {unknown[0]!r}; rows: {', '.join(ROWS)}")
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError:
+        p.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    if args.steps < 1 or args.jobs < 1:
+        p.error("--steps and --jobs must be >= 1")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    root = Path.cwd()
+    jobs = [(k, s) for k in keys for s in seeds]
+    run_dirs = [root / "runs" / run_name(k, s) / "fold0" for k, s in jobs]
+    if not args.no_train:
+        threads = 1 if args.jobs > 1 else (os.cpu_count() or 1)
+        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+            run_dirs = list(pool.map(
+                lambda j: train_one(EXPERIMENT, j[1], threads=threads, root=root, name=run_name(*j),
+                                    overrides=[f"train.max_steps={args.steps}", *QUIET, *ROWS[j[0]][1]]), jobs))
+    results = []
+    for (key, seed), run_dir in zip(jobs, run_dirs):
+        log_file = run_dir / "metrics.jsonl"
+        if not log_file.is_file():
+            p.error(f"{log_file}: no training log (train it first, without --no-train)")
+        summary = exit_summary(track.read_jsonl(log_file))
+        results.append({"row": key, "label": ROWS[key][0], "seed": seed, "command": command(key, seed, args.steps),
+                        "run_dir": str(run_dir), **summary})
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "plateau.json", results)
+    table = markdown_table(results)
+    (out / "plateau.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,80 @@
+"""The plateau study's summary of a training log, checked on hand-made logs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bcvae import plateau
+
+
+def _row(step, rec, kl, c, mi):
+    return {"step": step, "train/rec": rec, "train/kl": kl, "train/C": c, "train/mi": mi}
+
+
+def test_a_run_that_never_leaves_the_plateau():
+    rows = [_row(s, 570.0, 0.01 * s, 0.01 * s, 0.0) for s in (50, 100, 150)]
+    out = plateau.exit_summary(rows)
+    assert out["exit_step"] is None and out["max_overshoot_after"] is None
+    assert (out["steps"], out["final_rec"], out["final_kl"], out["final_C"], out["final_mi"]) == (150, 570.0, 1.5, 1.5, 0.0)
+
+
+def test_exit_step_information_there_and_the_gap_after_it():
+    rows = [_row(100, 560.0, 3.0, 0.1, 0.0),      # a large KL − C before the exit does not count
+            _row(50, 571.0, 0.05, 0.05, 0.0),     # rows may come unordered
+            _row(150, 480.0, 0.9, 0.15, 0.7),     # first NLL < 500: the exit
+            _row(200, 400.0, 0.1, 0.2, 0.1),      # KL 0.1 below C
+            _row(250, 380.0, 0.6, 0.25, 0.5),
+            {"step": 250, "val/rec": 390.0}]      # validation rows are ignored
+    out = plateau.exit_summary(rows)
+    assert out["exit_step"] == 150 and out["mi_at_exit"] == 0.7
+    assert (out["kl_at_exit"], out["C_at_exit"]) == (0.9, 0.15)
+    assert out["max_overshoot_after"] == pytest.approx(0.75)
+    assert out["max_abs_gap_after"] == pytest.approx(0.75)
+    rows.append(_row(300, 370.0, 0.0, 1.3, 0.0))  # 1.3 below C: |KL − C| grows, overshoot does not
+    out = plateau.exit_summary(rows)
+    assert out["max_overshoot_after"] == pytest.approx(0.75) and out["max_abs_gap_after"] == pytest.approx(1.3)
+
+
+def test_an_empty_log_is_an_error():
+    with pytest.raises(ValueError, match="no training rows"):
+        plateau.exit_summary([{"step": 10, "val/rec": 1.0}])
+
+
+def test_every_row_names_the_command_that_trains_it():
+    assert plateau.command("gamma100", 1, 8000) == \
+        'make train EXP=capacity25_paper ARGS="seed=1 train.max_steps=8000 loss.gamma=100"'
+    assert plateau.command("gamma1000", 0, 8000) == 'make train EXP=capacity25_paper ARGS="seed=0 train.max_steps=8000"'
+    from bcvae import config
+    from conftest import ROOT
+
+    for key, (_, overrides) in plateau.ROWS.items():  # every row's overrides are valid config
+        config.load(ROOT / "experiments" / f"{plateau.EXPERIMENT}.yaml", overrides + plateau.QUIET)
+
+
+def test_no_train_summarises_existing_runs_into_json_and_markdown(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / plateau.run_name("gamma100", 0) / "fold0"
+    run.mkdir(parents=True)
+    rows = [_row(50, 570.0, 0.0, 0.0, 0.0), _row(100, 450.0, 0.8, 0.1, 0.6)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert plateau.main(["--rows", "gamma100", "--seeds", "0", "--no-train"]) == 0
+    result = json.loads((tmp_path / "results" / "plateau.json").read_text())
+    assert result[0]["exit_step"] == 100 and result[0]["max_overshoot_after"] == pytest.approx(0.7)
+    table = (tmp_path / "results" / "plateau.md").read_text()
+    assert "| γ = 100 | 0 | 100 | 100 | 0.60 |" in table and "loss.gamma=100" in table
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rows", "bogus"], "unknown row 'bogus'"),
+    (["--seeds", "a,b"], "--seeds must be comma-separated integers"),
+    (["--jobs", "0"], "--jobs must be >= 1"),
+    (["--rows", "gamma300", "--seeds", "7", "--no-train"], "no training log"),
+])
+def test_bad_arguments_are_one_line(args, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        plateau.main(args)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
