@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from bcvae.errors import CheckpointError
 
@@ -119,3 +121,102 @@ def _json_default(obj):
     if isinstance(obj, np.ndarray):
         return obj.tolist()
     return str(obj)
+
+
+# ---------------------------------------------------------------- pretrained models
+
+PRETRAINED_MODEL = "model.pt"
+PRETRAINED_SUMS = "sha256"
+PRETRAINED_MAX_BYTES = 2 * 2**20
+"""Every file of a pretrained directory stays under 2 MiB (it lives in git)."""
+_HISTORY_MAX_BYTES = 1 * 2**20
+
+
+def is_pretrained(path: Path) -> bool:
+    """A ``pretrained/<experiment>/`` directory (weights + config + sha256), not a run directory."""
+    path = Path(path)
+    return path.is_dir() and (path / PRETRAINED_MODEL).is_file() and (path / PRETRAINED_SUMS).is_file()
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _thin_history(rows: list[dict], max_bytes: int) -> list[dict]:
+    """Every validation and evaluation row, and evenly spaced training rows (the last one
+    always), so that the JSON lines stay within about ``max_bytes``."""
+    def size(row: dict) -> int:
+        return len(json.dumps(row)) + 1
+
+    train = [r for r in rows if any(k.startswith("train/") for k in r)]
+    keep = [r for r in rows if not any(k.startswith("train/") for k in r)]
+    budget = max(max_bytes - sum(size(r) for r in keep), 1)
+    every = max(1, -(-sum(size(r) for r in train) // budget))   # ceiling division
+    kept = train[::every]
+    if train and kept[-1] is not train[-1]:
+        kept.append(train[-1])
+    chosen = {id(r) for r in keep + kept}
+    return [r for r in rows if id(r) in chosen]   # in the log's own order
+
+
+def export_pretrained(ckpt: dict, out_dir: Path, *, config_yaml: str, eval_result: dict,
+                      history: list[dict], source: str) -> list[Path]:
+    """Write ``out_dir`` = ``model.pt`` (the VAE's float32 state dict, nothing else),
+    ``config.yaml`` (resolved config), ``eval.json``, ``metrics.jsonl`` (the training log,
+    thinned to under 1 MiB), ``info.json`` (step, epoch, data provenance, source run) and
+    ``sha256`` (``sha256sum -c`` format). Refuses a file over 2 MiB."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to("cpu", torch.float32).contiguous() if v.is_floating_point() else v.cpu()
+             for k, v in ckpt["model"].items()}
+    torch.save(state, out_dir / PRETRAINED_MODEL)
+    (out_dir / "config.yaml").write_text(config_yaml)
+    write_json(out_dir / "eval.json", eval_result)
+    rows = _thin_history(history, _HISTORY_MAX_BYTES)
+    (out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_json(out_dir / "info.json", {"step": ckpt["step"], "epoch": ckpt["epoch"], "source_run": source,
+                                       "provenance": ckpt.get("provenance"), "history_rows": len(rows),
+                                       "history_rows_logged": len(history)})
+    files = [PRETRAINED_MODEL, "config.yaml", "eval.json", "metrics.jsonl", "info.json"]
+    for name in files:
+        size = (out_dir / name).stat().st_size
+        if size >= PRETRAINED_MAX_BYTES:
+            raise CheckpointError(f"{out_dir / name} is {size / 2**20:.2f} MiB; pretrained files must stay under 2 MiB")
+    (out_dir / PRETRAINED_SUMS).write_text("".join(f"{_sha256(out_dir / n)}  {n}\n" for n in files))
+    return [out_dir / n for n in files + [PRETRAINED_SUMS]]
+
+
+def load_pretrained(path: Path) -> dict:
+    """Read a pretrained directory as a checkpoint-like dict (``model``, ``config``, ``step``,
+    ``epoch``, ``provenance``; no optimiser, no discriminator, no RNG).
+
+    Every file listed in ``sha256`` must match its recorded hash, and the weights are
+    read with ``torch.load(weights_only=True)``; anything else raises
+    :class:`~bcvae.errors.CheckpointError` naming the file.
+    """
+    path = Path(path)
+    sums = {}
+    for line in (path / PRETRAINED_SUMS).read_text().splitlines():
+        digest, _, name = line.strip().partition("  ")
+        if not digest or not name:
+            raise CheckpointError(f"{path / PRETRAINED_SUMS}: malformed line {line!r} (want '<sha256>  <file>')")
+        sums[name] = digest
+    for name in (PRETRAINED_MODEL, "config.yaml", "info.json"):
+        if name not in sums:
+            raise CheckpointError(f"{path / PRETRAINED_SUMS} records no sha256 for {name}")
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path / name} is missing")
+        actual = _sha256(path / name)
+        if actual != sums[name]:
+            raise CheckpointError(f"{path / name} does not match its recorded sha256 "
+                                  f"({actual[:12]}… != {sums[name][:12]}…): altered or corrupt")
+    try:
+        state = torch.load(path / PRETRAINED_MODEL, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointError(f"{path / PRETRAINED_MODEL} is not a readable state dict ({_load_failure(err)})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path / PRETRAINED_MODEL} is not a state dict of tensors")
+    info = json.loads((path / "info.json").read_text())
+    return {"model": state, "config": yaml.safe_load((path / "config.yaml").read_text()),
+            "step": info["step"], "epoch": info["epoch"], "provenance": info.get("provenance"),
+            "disc": None, "wandb_run_id": None, "pretrained": True}

@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
         c.add_argument("overrides", nargs="*", help="key=value, e.g. train.lr=1e-4 seed=2 data.fold=3")
         c.add_argument("--fresh", action="store_true", help="start over (the old run is moved aside)")
     e = sub.add_parser("eval", help="disentanglement metrics of a run or checkpoint")
-    e.add_argument("run", help="run directory (runs/<exp>/fold<k>) or checkpoint.pt")
+    e.add_argument("run", help="run directory (runs/<exp>/fold<k>), checkpoint.pt or pretrained/<experiment>")
     e.add_argument("--metrics", default="mig,sap,dci,beta_vae,factor_vae", help="comma-separated")
     e.add_argument("--num-points", type=int, default=10_000)
     e.add_argument("--seed", type=int, default=0)
@@ -61,7 +61,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--count", type=int, default=0, help="at most this many runs (random search: required)")
     s.add_argument("--dry-run", action="store_true", help="print the runs, train nothing")
     pl = sub.add_parser("plots", help="write PNG figures next to a run")
-    pl.add_argument("run", help="run directory (runs/<exp>/fold<k>)")
+    pl.add_argument("run", help="run directory (runs/<exp>/fold<k>) or pretrained/<experiment>")
+    ex = sub.add_parser("export", help="copy a finished, evaluated run's weights into a pretrained directory")
+    ex.add_argument("run", help="run directory (runs/<exp>/fold<k>) with eval.json of its final checkpoint")
+    ex.add_argument("out", help="pretrained/<experiment>")
     return p
 
 
@@ -126,6 +129,12 @@ def _dispatch(args) -> int:
 
         for path in viz.write_run_plots(Path(args.run)):
             print(path)
+        return 0
+    if args.command == "export":
+        from bcvae import evaluate
+
+        for path in evaluate.export(Path(args.run), Path(args.out)):
+            print(f"{path} ({path.stat().st_size / 2**20:.2f} MiB)")
         return 0
     raise AssertionError(args.command)
 

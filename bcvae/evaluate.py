@@ -7,26 +7,32 @@ checkpoint and logs the scores to the run's own W&B run (resumed by id).
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import torch
 
 from bcvae import config, track
-from bcvae.checkpoint import load_checkpoint, write_json
+from bcvae.checkpoint import export_pretrained, is_pretrained, load_checkpoint, load_pretrained, write_json
 from bcvae.encode import encode_all, image_source, make_encode
+from bcvae.errors import CheckpointError
 from bcvae.model import VAE
 from bcvae.train import flatten_scores, pick_device
 
 
 def checkpoint_path(run: Path) -> Path:
-    """A run directory or a checkpoint file -> the checkpoint file."""
+    """A run directory or a checkpoint file -> the checkpoint file; a ``pretrained/<experiment>``
+    directory stands for itself."""
+    if is_pretrained(run):
+        return run
     return run / "checkpoint.pt" if run.is_dir() else run
 
 
 def load_model(ckpt_path: Path, device: torch.device | None = None) -> tuple[VAE, config.Config, dict]:
-    """Rebuild the VAE of a checkpoint; returns (model in eval mode, its config, the checkpoint)."""
-    ckpt = load_checkpoint(ckpt_path)
+    """Rebuild the VAE of a checkpoint or a pretrained directory; returns (model in eval
+    mode, its config, the checkpoint — for a pretrained directory, its checkpoint-like dict)."""
+    ckpt = load_pretrained(ckpt_path) if is_pretrained(ckpt_path) else load_checkpoint(ckpt_path)
     cfg = config.from_dict(ckpt["config"], source=f"{ckpt_path} (saved config)")
     device = device or pick_device(cfg.train.device if cfg.train.device != "auto" else "auto")
     model = VAE(cfg.model.z_dim, cfg.model.arch)
@@ -84,6 +90,9 @@ def model_heldout_loss(model: VAE, cfg: config.Config, ckpt: dict, seed: int = 0
 
     device = next(model.parameters()).device
     disc = None
+    if cfg.loss.objective == "factor" and ckpt.get("disc") is None:
+        raise CheckpointError(f"{cfg.name}: the held-out FactorVAE loss needs the discriminator, which a "
+                              "pretrained directory does not hold (its metrics and figures work)")
     if cfg.loss.objective == "factor":
         disc = Discriminator(cfg.model.z_dim).to(device)
         disc.load_state_dict(ckpt["disc"])
@@ -102,12 +111,34 @@ def main(args) -> dict:
     for key, value in scores.items():
         print(f"{key:<32}{value:>10.4f}")
     print(f"seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result["seconds"].items()))
-    out = ckpt_path.parent / "eval.json"
+    if is_pretrained(ckpt_path):  # the recorded eval.json stays as shipped; no W&B run to log to
+        out = ckpt_path / "eval_rerun.json"
+    else:
+        out = ckpt_path.parent / "eval.json"
     write_json(out, result)
     print(f"wrote {out}")
-    if not args.no_wandb:
+    if not args.no_wandb and not is_pretrained(ckpt_path):
         _log_to_run(ckpt_path, result, scores)
     return result
+
+
+def export(run: Path, out_dir: Path) -> list[Path]:
+    """``bcvae export RUN DIR``: a finished run's weights, config, ``eval.json`` and log as a
+    pretrained directory (see :func:`bcvae.checkpoint.export_pretrained`)."""
+    import yaml
+
+    ckpt_path = checkpoint_path(Path(run))
+    ckpt = load_checkpoint(ckpt_path)
+    eval_file = ckpt_path.parent / "eval.json"
+    if not eval_file.is_file():
+        raise CheckpointError(f"{eval_file} not found: run `bcvae eval {ckpt_path.parent}` first")
+    result = json.loads(eval_file.read_text())
+    if result.get("step") != ckpt["step"]:
+        raise CheckpointError(f"{eval_file} is of step {result.get('step')}, the checkpoint of step "
+                              f"{ckpt['step']}: run `bcvae eval {ckpt_path.parent}` again")
+    history = track.read_jsonl(ckpt_path.parent / "metrics.jsonl") if (ckpt_path.parent / "metrics.jsonl").exists() else []
+    return export_pretrained(ckpt, Path(out_dir), config_yaml=yaml.safe_dump(ckpt["config"], sort_keys=False),
+                             eval_result=result, history=history, source=str(ckpt_path.parent))
 
 
 def _log_to_run(ckpt_path: Path, result: dict, scores: dict) -> None:

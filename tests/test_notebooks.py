@@ -27,9 +27,21 @@ def test_committed_notebook_has_no_outputs(path):
             assert cell.outputs == [] and cell.execution_count is None, f"{path.name} cell {i} has outputs"
 
 
+@pytest.fixture(scope="module")
+def pretrained_smoke(smoke_run, tmp_path_factory):
+    """The smoke run exported as a ``pretrained/<experiment>`` directory."""
+    from bcvae import evaluate
+
+    out = tmp_path_factory.mktemp("pretrained") / "smoke"
+    evaluate.export(smoke_run, out)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["run", "pretrained"])
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs_against_the_smoke_run(path, smoke_run, monkeypatch):
-    monkeypatch.setenv("BCVAE_RUN", str(smoke_run))
+def test_notebook_runs_against_the_smoke_run(path, kind, request, monkeypatch):
+    target = request.getfixturevalue("smoke_run" if kind == "run" else "pretrained_smoke")
+    monkeypatch.setenv("BCVAE_RUN", str(target))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     nb = nbformat.read(path, as_version=4)
