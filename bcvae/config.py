@@ -22,6 +22,7 @@ OBJECTIVES = ("beta", "capacity", "factor", "btcvae")
 LIKELIHOODS = ("bernoulli", "gaussian")
 SOURCES = ("auto", "dsprites", "procedural")
 ARCHS = ("burgess", "original")
+KL_SCALES = ("none", "batch_over_n")
 
 
 class ConfigError(ValueError):
@@ -72,6 +73,9 @@ class LossConfig:
     """Capacity objective: γ grows linearly from 0 to gamma over these steps (0 = γ from the start)."""
     warm_start_steps: int = 0
     """Capacity objective: optimise the plain ELBO (β = 1) for these first steps (0 = none)."""
+    kl_scale: str = "none"
+    """Capacity objective: ``none`` (γ·|KL − C|, the papers) or ``batch_over_n`` (γ·(B/N)·|KL − C|, the
+    original implementation's scaling, N = training-set size: it makes the capacity term ~1000× weaker)."""
     factor_gamma: float = 35.0
     """FactorVAE: weight γ on the total-correlation estimate."""
     tc_alpha: float = 1.0
@@ -110,6 +114,8 @@ class TrainConfig:
     """Multiply the learning rate by this factor every lr_decay_epochs epochs (1.0 = constant)."""
     lr_decay_epochs: int = 1
     """Epoch interval of the learning-rate decay."""
+    lr_decay_first: int = 0
+    """First epoch (0-based) trained at the decayed rate; 0 = lr_decay_epochs (the original decays after epoch 0: 1)."""
     val_batch_size: int = 1024
     """Batch size of validation (no gradients, so larger is faster)."""
     val_max_batches: int = 0
@@ -374,6 +380,9 @@ def validate(cfg: Config, source: str) -> None:
     _one_of(l.objective, OBJECTIVES, source, "loss.objective")
     _one_of(l.likelihood, LIKELIHOODS, source, "loss.likelihood")
     _one_of(l.tc_estimator, ("mss", "mws"), source, "loss.tc_estimator")
+    _one_of(l.kl_scale, KL_SCALES, source, "loss.kl_scale")
+    _check(l.kl_scale == "none" or l.objective == "capacity", source, "loss.kl_scale",
+           f"{l.kl_scale!r} scales the capacity objective only (loss.objective is {l.objective!r})")
     for key in ("beta", "gamma", "c_max", "factor_gamma", "tc_alpha", "tc_beta", "tc_gamma"):
         value = getattr(l, key)
         _check(math.isfinite(value) and value >= 0, source, f"loss.{key}", f"must be finite and >= 0, got {value}")
@@ -389,6 +398,7 @@ def validate(cfg: Config, source: str) -> None:
     _check(t.epochs >= 1, source, "train.epochs", f"must be >= 1, got {t.epochs}")
     for key in ("steps_per_epoch", "max_steps", "val_max_batches", "threads"):
         _check(getattr(t, key) >= 0, source, f"train.{key}", f"must be >= 0, got {getattr(t, key)}")
+    _check(t.lr_decay_first >= 0, source, "train.lr_decay_first", f"must be >= 0, got {t.lr_decay_first}")
     for key in ("batch_size", "val_batch_size", "lr_decay_epochs"):
         _check(getattr(t, key) >= 1, source, f"train.{key}", f"must be >= 1, got {getattr(t, key)}")
     _check(0 < t.lr_decay <= 1, source, "train.lr_decay", f"must be in (0, 1], got {t.lr_decay}")

@@ -18,7 +18,10 @@ FactorVAE step order (Kim & Mnih 2018, Alg. 2) the trainer must follow::
 ``vae_loss`` reads D through detached parameters, so step 1 leaves D's ``.grad``
 empty; ``discriminator_loss`` detaches the codes, so step 2 leaves the encoder's
 ``.grad`` untouched. The detached parameters share storage with D, so D must not
-be stepped before ``loss.backward()`` (PyTorch raises an in-place error if it is).
+be stepped before ``loss.backward()``: autograd alone does not notice (fused Adam
+updates in place without bumping version counters), so ``vae_loss`` stamps D's
+parameters at forward time and ``backward()`` raises if any optimiser step or
+in-place change touched them since.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 LOG_2PI = math.log(2.0 * math.pi)
 
@@ -90,15 +94,65 @@ def permute_dims(z: Tensor, generator: torch.Generator | None = None) -> Tensor:
     return z.gather(0, order)
 
 
+_STEPS_ATTR = "_bcvae_optimizer_steps"
+_step_counter_installed = False
+
+
+def _count_optimizer_steps(optimizer: torch.optim.Optimizer, _args, _kwargs) -> None:
+    """Global post-step hook: count on every parameter how often an optimiser stepped it.
+
+    Fused and foreach Adam update parameters without bumping their autograd version
+    counters, so the counter below is what reveals such an update.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            setattr(p, _STEPS_ATTR, getattr(p, _STEPS_ATTR, 0) + 1)
+
+
+def _update_stamp(module: nn.Module) -> list[tuple[int, int]]:
+    """(autograd version, optimiser steps) of each parameter: changes whenever the parameter
+    is modified in place by autograd-visible ops or stepped by any torch.optim optimiser."""
+    return [(p._version, getattr(p, _STEPS_ATTR, 0)) for p in module.parameters()]
+
+
+def _guard_update_order(discriminator: nn.Module, tc: Tensor) -> None:
+    """Raise during ``backward()`` if D was updated after ``tc`` was computed from it.
+
+    ``tc``'s graph reads D's parameters through detached views that share their storage:
+    stepping D before the VAE's backward pass would silently give the encoder gradients of
+    the *new* D (Kim & Mnih 2018, Alg. 2 updates the VAE first).
+    """
+    global _step_counter_installed
+    if not tc.requires_grad:
+        return
+    if not _step_counter_installed:
+        register_optimizer_step_post_hook(_count_optimizer_steps)
+        _step_counter_installed = True
+    stamp = _update_stamp(discriminator)
+
+    def check(grad: Tensor) -> Tensor:
+        if _update_stamp(discriminator) != stamp:
+            raise RuntimeError(
+                "FactorVAE update order: the discriminator was updated between the VAE's forward pass and "
+                "its backward pass; call loss.backward() and step the VAE before stepping the discriminator "
+                "(Kim & Mnih 2018, Alg. 2)")
+        return grad
+
+    tc.register_hook(check)
+
+
 def _discriminator_tc(discriminator: nn.Module, z: Tensor) -> Tensor:
     """TC(z) ≈ E_q(z)[log D(z) / (1 − D(z))] = mean(logit₀ − logit₁) (Kim & Mnih 2018, eq. 3).
 
     D is evaluated with detached parameters: the gradient reaches the encoder through z
-    but never D's ``.grad``, which only ``discriminator_loss`` may fill.
+    but never D's ``.grad``, which only ``discriminator_loss`` may fill. A guard checks at
+    backward time that D was not updated in between (``_guard_update_order``).
     """
     params = {name: p.detach() for name, p in discriminator.named_parameters()}
     logits = torch.func.functional_call(discriminator, params, (z,))   # (B, 2)
-    return (logits[:, 0] - logits[:, 1]).mean()
+    tc = (logits[:, 0] - logits[:, 1]).mean()
+    _guard_update_order(discriminator, tc)
+    return tc
 
 
 def discriminator_loss(discriminator: nn.Module, z: Tensor,
@@ -149,9 +203,13 @@ def tc_decomposition(z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int,
     and dimension-wise KL  E[Σ_d log q(z_d) − log p(z_d)].
 
     ``"mws"`` (minibatch weighted sampling, Chen et al. 2018 §3.1 and app. C.1):
-    log q(z_i) ≈ logsumexp_j log q(z_i|x_j) − log(N·M), likewise per dimension. It is a lower
-    bound: its log q values sit ≈ log N below the truth, so MI, TC and dw-KL carry offsets of
-    about +log N, +(D−1)·log N and −D·log N (constants; gradients are unaffected).
+    log q(z_i) ≈ logsumexp_j log q(z_i|x_j) − log(N·B), likewise per dimension. Its log q
+    values sit below the truth by an amount that depends on how much the batch's posteriors
+    overlap: ≈ log N where every z_i has density under many x_j, falling to log B where
+    each z_i has density only under its own x_i. So MI carries an offset between +log B and
+    +log N, and TC and dw-KL offsets that move with it (+(D−1)·log N and −D·log N in the
+    fully overlapping case). The offsets change as training separates the posteriors, so
+    they are not constants and do bias the gradients.
     ``"mss"`` (minibatch stratified sampling, app. C.2) weighs each term by
     ``_log_mss_weights``: a consistent estimate, whose values can be read as nats.
     MI + TC + dw-KL equals the Monte-Carlo KL  E[log q(z|x) − log p(z)]  under either.
@@ -213,6 +271,10 @@ def _regulariser(loss_cfg: Any, mu: Tensor, logvar: Tensor, z: Tensor, kl: Tenso
         if step < loss_cfg.warm_start_steps:   # plain ELBO first (β = 1), C already counting
             return kl, {**terms, "gamma": 0.0}
         gamma = capacity_gamma(step, loss_cfg.gamma, loss_cfg.gamma_warmup_steps)
+        if loss_cfg.kl_scale == "batch_over_n":   # the original implementation's γ·(B/N)
+            if dataset_size is None:
+                raise ValueError("loss.kl_scale 'batch_over_n' needs dataset_size (the training-split size)")
+            gamma = gamma * mu.shape[0] / dataset_size
         return gamma * gap, {**terms, "gamma": gamma}
     if objective == "factor":
         if discriminator is None:
@@ -235,7 +297,8 @@ def vae_loss(loss_cfg: Any, x: Tensor, logits: Tensor, mu: Tensor, logvar: Tenso
 
     * ``"beta"``     rec + β·KL                          (Higgins et al. 2017, eq. 4)
     * ``"capacity"`` rec + γ·|KL − C(step)|               (Burgess et al. 2018, eq. 8); optionally
-      γ warmed up from 0 (``gamma_warmup_steps``) or the plain ELBO for ``warm_start_steps``
+      γ warmed up from 0 (``gamma_warmup_steps``) or the plain ELBO for ``warm_start_steps``;
+      ``kl_scale: batch_over_n`` multiplies γ by B/N as the original implementation did
     * ``"factor"``   rec + KL + γ·TC, TC from D's logits (Kim & Mnih 2018, eq. 2–3); needs
       ``discriminator`` — see the module docstring for the update order
     * ``"btcvae"``   rec + α·MI + β·TC + γ·dw-KL          (Chen et al. 2018, eq. 4); needs

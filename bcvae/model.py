@@ -5,7 +5,7 @@ Two architectures share one :class:`VAE`:
 * ``"burgess"`` (default): Burgess et al. 2018, "Understanding disentangling in
   β-VAE", appendix A.1 — ReLU convolutions, no normalisation.
 * ``"original"``: the conv / BatchNorm / LeakyReLU network of the original
-  implementation this repository reproduces (latent size 6 there).
+  implementation this repository started from, layer for layer (latent size 6 there).
 
 Both decoders output Bernoulli *logits*; the losses apply the sigmoid.
 """
@@ -36,20 +36,42 @@ def _burgess(z_dim: int) -> tuple[nn.Sequential, nn.Sequential]:
     return encoder, decoder
 
 
+class _MeanAndLogVarHeads(nn.Module):
+    """Two linear heads on one feature vector, (B, F) -> (B, 2·z_dim) = [μ, log σ²]:
+    the original implementation's separate ``fc_mu`` and ``fc_var`` layers."""
+
+    def __init__(self, features: int, z_dim: int) -> None:
+        super().__init__()
+        self.fc_mu = nn.Linear(features, z_dim)
+        self.fc_var = nn.Linear(features, z_dim)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return torch.cat([self.fc_mu(h), self.fc_var(h)], dim=1)
+
+
 def _original(z_dim: int) -> tuple[nn.Sequential, nn.Sequential]:
-    """Conv channels 32-64-128-256 (k4 s2 p1) + BatchNorm + LeakyReLU(0.2), mirrored decoder."""
+    """The original implementation's network, layer for layer (its ``bcvae2d.py``).
+
+    Encoder: 4 × [Conv2d k4 s2 p1 (with bias) + BatchNorm + LeakyReLU(0.01)], channels
+    32-64-128-256 (64 → 4 px), then separate linear heads for μ and log σ² on the 4096
+    features. Decoder: Linear(z, 4096) with no activation, 3 × [ConvTranspose2d k4 s2 p1
+    + BatchNorm + LeakyReLU(0.01)] 256-128-64-32 (4 → 32 px), then ConvTranspose2d(32→32,
+    output_padding=1) (→ 65 px) + BatchNorm + LeakyReLU and Conv2d(32→1, k4, p1) (→ 64 px).
+    The original ends in a sigmoid; here the last layer's output is the logit and the
+    losses apply the sigmoid, which is the same function.
+    """
+    slope = 0.01                               # nn.LeakyReLU()'s default, as the original uses it
     chans = (1, 32, 64, 128, 256)
     enc: list[nn.Module] = []
-    for c_in, c_out in zip(chans, chans[1:]):  # conv bias is redundant before BatchNorm
-        enc += [nn.Conv2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2)]
-    encoder = nn.Sequential(*enc, nn.Flatten(), nn.Linear(256 * 16, 2 * z_dim))
-    dec: list[nn.Module] = [nn.Linear(z_dim, 256 * 16), nn.LeakyReLU(0.2), nn.Unflatten(1, (256, 4, 4))]
-    back = chans[::-1]                         # 256 -> 128 -> 64 -> 32, then -> 1 logits
-    for c_in, c_out in zip(back[:-2], back[1:-1]):
-        dec += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False), nn.BatchNorm2d(c_out),
-                nn.LeakyReLU(0.2)]
-    decoder = nn.Sequential(*dec, nn.ConvTranspose2d(32, 1, 4, 2, 1))
-    return encoder, decoder
+    for c_in, c_out in zip(chans, chans[1:]):
+        enc += [nn.Conv2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.LeakyReLU(slope)]
+    encoder = nn.Sequential(*enc, nn.Flatten(), _MeanAndLogVarHeads(256 * 16, z_dim))
+    dec: list[nn.Module] = [nn.Linear(z_dim, 256 * 16), nn.Unflatten(1, (256, 4, 4))]
+    for c_in, c_out in zip((256, 128, 64), (128, 64, 32)):
+        dec += [nn.ConvTranspose2d(c_in, c_out, 4, 2, 1), nn.BatchNorm2d(c_out), nn.LeakyReLU(slope)]
+    dec += [nn.ConvTranspose2d(32, 32, 4, 2, 1, output_padding=1), nn.BatchNorm2d(32), nn.LeakyReLU(slope),
+            nn.Conv2d(32, 1, 4, 1, 1)]          # 65 -> 64 px: logits
+    return encoder, nn.Sequential(*dec)
 
 
 class VAE(nn.Module):

@@ -62,8 +62,13 @@ def pick_device(spec: str) -> torch.device:
 
 
 def lr_at(train_cfg, epoch: int) -> float:
-    """Step decay: lr · lr_decay^(epoch // lr_decay_epochs), a pure function of the epoch."""
-    return train_cfg.lr * train_cfg.lr_decay ** (epoch // train_cfg.lr_decay_epochs)
+    """Step decay, a pure function of the epoch: lr · lr_decay^n, n = the number of decays before
+    ``epoch``; the first decayed epoch is ``lr_decay_first`` (0: ``lr_decay_epochs``), then one
+    decay every ``lr_decay_epochs`` epochs."""
+    every = train_cfg.lr_decay_epochs
+    first = train_cfg.lr_decay_first or every
+    n = 0 if epoch < first else 1 + (epoch - first) // every
+    return train_cfg.lr * train_cfg.lr_decay ** n
 
 
 def sample_posterior(model: VAE, x: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:

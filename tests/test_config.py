@@ -117,13 +117,17 @@ def test_every_experiment_file_loads_and_has_a_header():
 
 
 def test_paper_settings():
-    cap = config.load(ROOT / "experiments" / "capacity25.yaml")
+    cap = config.load(ROOT / "experiments" / "capacity25_paper.yaml")
     assert (cap.loss.objective, cap.loss.gamma, cap.loss.c_max, cap.loss.c_steps) == ("capacity", 1000, 25, 100_000)
     assert (cap.loss.likelihood, cap.train.lr, cap.train.batch_size, cap.model.z_dim) == ("bernoulli", 5e-4, 64, 10)
     orig = config.load(ROOT / "experiments" / "bcvae2d_original.yaml")
     assert (orig.train.batch_size, orig.train.lr, orig.train.epochs, orig.loss.gamma) == (576, 5e-3, 80, 10)
     assert (orig.train.lr_decay, orig.train.lr_decay_epochs, orig.model.arch, orig.model.z_dim) == (0.95, 10, "original", 6)
     assert orig.loss.likelihood == "gaussian" and orig.loss.c_steps == 100_000
+    assert (orig.loss.kl_scale, orig.train.lr_decay_first) == ("batch_over_n", 1)
+    fixed = config.flatten(config.to_dict(config.load(ROOT / "experiments" / "bcvae2d_fixed.yaml")))
+    differ = {k for k, v in config.flatten(config.to_dict(orig)).items() if fixed[k] != v}
+    assert differ == {"name", "loss.kl_scale"}   # the fix is the scaling and nothing else
 
 
 def test_pyproject_and_environment_name_the_same_dependencies():

@@ -16,7 +16,7 @@ from bcvae.model import VAE, Discriminator
 def _cfg(**overrides) -> SimpleNamespace:
     """The LossConfig fields vae_loss reads."""
     fields = dict(objective="beta", likelihood="bernoulli", beta=4.0, gamma=1000.0, c_max=25.0,
-                  c_steps=100_000, gamma_warmup_steps=0, warm_start_steps=0, factor_gamma=35.0, tc_alpha=1.0, tc_beta=6.0, tc_gamma=1.0,
+                  c_steps=100_000, gamma_warmup_steps=0, warm_start_steps=0, kl_scale="none", factor_gamma=35.0, tc_alpha=1.0, tc_beta=6.0, tc_gamma=1.0,
                   tc_estimator="mss", disc_lr=1e-4, disc_beta1=0.5, disc_beta2=0.9)
     return SimpleNamespace(**{**fields, **overrides})
 
@@ -146,6 +146,27 @@ def test_warm_start_is_the_plain_elbo_then_the_capacity_objective():
     assert terms["C"] == pytest.approx(2.475) and terms["gamma"] == 0.0
     after, _ = vae_loss(cfg, x, logits, mu, logvar, z, step=100)
     torch.testing.assert_close(after, rec + 1000.0 * (kl - 2.5).abs())
+
+
+def test_batch_over_n_scaling_is_the_original_implementations_loss():
+    # The original's run.py, written out by hand: MSE summed over pixels / batch on the
+    # sigmoid output, KL averaged over the batch, loss = rec + γ·(batch/N)·|KL − C| with
+    # C = clamp(C_max/C_stop · num_iter, 0, C_max). (Its num_iter counts the update being
+    # made, one more than our step: C differs by C_max/C_stop = 0.00025 nats.)
+    x, logits, mu, logvar, z = _posterior(batch=12, dim=6)
+    n_train, gamma, c_max, c_stop, step = 663_552, 10.0, 25.0, 1e5, 4000
+    rec = ((torch.sigmoid(logits) - x) ** 2).sum() / 12
+    kld = torch.mean(-0.5 * torch.sum(1 + logvar - mu ** 2 - logvar.exp(), dim=1), dim=0)
+    c = torch.clamp(torch.tensor(c_max / c_stop * step), 0, c_max)
+    original = rec + gamma * (12 / n_train) * (kld - c).abs()
+    cfg = _cfg(objective="capacity", likelihood="gaussian", gamma=gamma, c_max=c_max, c_steps=int(c_stop),
+               kl_scale="batch_over_n")
+    loss, terms = vae_loss(cfg, x, logits, mu, logvar, z, step, dataset_size=n_train)
+    torch.testing.assert_close(loss, original)
+    assert terms["gamma"] == pytest.approx(gamma * 12 / n_train)
+    unscaled, _ = vae_loss(_cfg(**{**vars(cfg), "kl_scale": "none"}), x, logits, mu, logvar, z, step,
+                           dataset_size=n_train)
+    torch.testing.assert_close(unscaled, rec + gamma * (kld - c).abs())
 
 
 # ---------------------------------------------------------------- KL = MI + marginal KL
@@ -282,8 +303,38 @@ def test_factor_trainer_order_runs_and_the_wrong_order_fails_loudly():
     loss, _ = vae_loss(_cfg(objective="factor"), x, logits, mu, logvar, z, 2, discriminator=disc)
     d_loss, _ = discriminator_loss(disc, z, vae(x_other)[3])
     d_opt.zero_grad(); d_loss.backward(); d_opt.step()
-    with pytest.raises(RuntimeError, match="inplace"):
+    with pytest.raises(RuntimeError, match="FactorVAE update order|inplace"):
         loss.backward()
+
+
+@pytest.mark.parametrize("make_opt", [
+    lambda ps: __import__("bcvae.train", fromlist=["_adam"])._adam(ps, 1e-2, (0.5, 0.9)),   # the trainer's own
+    lambda ps: torch.optim.Adam(ps, 1e-2, betas=(0.5, 0.9), foreach=True),
+    lambda ps: torch.optim.SGD(ps, 1e-2),
+], ids=["trainer-fused-adam", "foreach-adam", "sgd"])
+def test_the_wrong_factor_order_raises_whatever_the_optimiser(make_opt):
+    vae, disc, x, x_other = _factor_setup()
+    d_opt = make_opt(list(disc.parameters()))
+    logits, mu, logvar, z = vae(x)
+    loss, _ = vae_loss(_cfg(objective="factor"), x, logits, mu, logvar, z, 0, discriminator=disc)
+    with torch.no_grad():
+        z_other = vae(x_other)[3]
+    d_loss, _ = discriminator_loss(disc, z, z_other)
+    d_opt.zero_grad(); d_loss.backward(); d_opt.step()      # D stepped too early
+    with pytest.raises(RuntimeError, match="FactorVAE update order"):
+        loss.backward()
+
+
+def test_the_guard_leaves_the_right_order_and_no_grad_evaluation_alone():
+    vae, disc, x, x_other = _factor_setup()
+    d_opt = __import__("bcvae.train", fromlist=["_adam"])._adam(list(disc.parameters()), 1e-2, (0.5, 0.9))
+    with torch.no_grad():                                     # validation: no graph, no hook
+        vae_loss(_cfg(objective="factor"), x, *vae(x), 0, discriminator=disc)
+    d_opt.zero_grad(); discriminator_loss(disc, torch.randn(8, 4), torch.randn(8, 4))[0].backward(); d_opt.step()
+    logits, mu, logvar, z = vae(x)
+    loss, _ = vae_loss(_cfg(objective="factor"), x, logits, mu, logvar, z, 0, discriminator=disc)
+    loss.backward()                                           # D unchanged since the forward pass
+    assert vae.encoder[-1].weight.grad.abs().sum() > 0
 
 
 # ---------------------------------------------------------------- β-TCVAE
@@ -364,6 +415,21 @@ def test_estimator_constants_on_non_overlapping_posteriors():
     mi, tc, _ = tc_decomposition(z, mu, logvar, n, "mws")
     assert mi.item() == pytest.approx(math.log(n * batch), abs=1e-9)
     assert tc.item() == pytest.approx((dim - 1) * math.log(n * batch), abs=1e-9)
+
+
+def test_mws_offset_depends_on_how_much_posteriors_overlap():
+    # What the tc_decomposition docstring says: MWS − MSS on the MI is ≈ log N for overlapping
+    # posteriors and log B for separated ones — not a constant.
+    batch, n = 64, 10**6
+    corr = _equicorrelation(3, 0.6)
+    overlap = _mean_estimate(corr, "mws", seeds=2)[0] - _mean_estimate(corr, "mss", seeds=2)[0]
+    mu = torch.arange(batch, dtype=torch.float64).unsqueeze(1).repeat(1, 3) * 100.0
+    logvar = torch.full_like(mu, math.log(1e-2))
+    z = mu + 0.1 * torch.randn(batch, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    apart = (tc_decomposition(z, mu, logvar, n, "mws")[0] - tc_decomposition(z, mu, logvar, n, "mss")[0]).item()
+    assert overlap == pytest.approx(math.log(N_DATA), abs=0.05)
+    assert apart == pytest.approx(math.log(batch), abs=1e-6)
+    assert overlap - apart > 9.0
 
 
 @pytest.mark.parametrize("estimator", ["mss", "mws"])

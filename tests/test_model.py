@@ -37,13 +37,70 @@ def test_burgess_architecture_matches_paper_appendix():
     assert isinstance(model.decoder[-1], nn.ConvTranspose2d)
 
 
-def test_original_architecture_channels_and_normalisation():
+# The original implementation's network, written out by hand from its source:
+# scarletteshu/Pytorch-bcvae, bcvae2d.py, class ConditionalVAE(in_channels=1, latent_dim=6)
+# as run.py builds it (hidden_dims [32, 64, 128, 256]; nn.Conv2d/ConvTranspose2d with their
+# default bias=True; nn.LeakyReLU() with its default slope 0.01). One row per layer, in
+# forward order: (kind, arguments, output shape of one image). Its final Sigmoid is left
+# out: our decoder returns the logit and the loss applies the sigmoid.
+ORIGINAL_LAYERS = [
+    ("Conv2d", (1, 32, 4, 2, 1, 0), (32, 32, 32)), ("BatchNorm2d", 32, None), ("LeakyReLU", 0.01, None),
+    ("Conv2d", (32, 64, 4, 2, 1, 0), (64, 16, 16)), ("BatchNorm2d", 64, None), ("LeakyReLU", 0.01, None),
+    ("Conv2d", (64, 128, 4, 2, 1, 0), (128, 8, 8)), ("BatchNorm2d", 128, None), ("LeakyReLU", 0.01, None),
+    ("Conv2d", (128, 256, 4, 2, 1, 0), (256, 4, 4)), ("BatchNorm2d", 256, None), ("LeakyReLU", 0.01, None),
+    ("Linear", (4096, 6), (6,)),                                   # fc_mu
+    ("Linear", (4096, 6), (6,)),                                   # fc_var
+    ("Linear", (6, 4096), (4096,)),                                # decoder_input, no activation
+    ("ConvTranspose2d", (256, 128, 4, 2, 1, 0), (128, 8, 8)), ("BatchNorm2d", 128, None), ("LeakyReLU", 0.01, None),
+    ("ConvTranspose2d", (128, 64, 4, 2, 1, 0), (64, 16, 16)), ("BatchNorm2d", 64, None), ("LeakyReLU", 0.01, None),
+    ("ConvTranspose2d", (64, 32, 4, 2, 1, 0), (32, 32, 32)), ("BatchNorm2d", 32, None), ("LeakyReLU", 0.01, None),
+    ("ConvTranspose2d", (32, 32, 4, 2, 1, 1), (32, 65, 65)), ("BatchNorm2d", 32, None), ("LeakyReLU", 0.01, None),
+    ("Conv2d", (32, 1, 4, 1, 1, 0), (1, 64, 64)),
+]
+
+
+def _original_param_count() -> int:
+    """Weights and biases of ORIGINAL_LAYERS, counted from the table (BatchNorm: γ and β)."""
+    total = 0
+    for kind, args, _ in ORIGINAL_LAYERS:
+        if kind in ("Conv2d", "ConvTranspose2d"):
+            c_in, c_out, k = args[:3]
+            total += c_in * c_out * k * k + c_out
+        elif kind == "Linear":
+            total += args[0] * args[1] + args[1]
+        elif kind == "BatchNorm2d":
+            total += 2 * args
+    return total
+
+
+def _describe(m: nn.Module):
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        pad = m.output_padding[0] if isinstance(m, nn.ConvTranspose2d) else 0
+        assert m.bias is not None, "the original's convolutions have biases"
+        return type(m).__name__, (m.in_channels, m.out_channels, m.kernel_size[0], m.stride[0], m.padding[0], pad)
+    if isinstance(m, nn.Linear):
+        return "Linear", (m.in_features, m.out_features)
+    if isinstance(m, nn.BatchNorm2d):
+        return "BatchNorm2d", m.num_features
+    if isinstance(m, nn.LeakyReLU):
+        return "LeakyReLU", m.negative_slope
+    return None
+
+
+def test_original_architecture_equals_the_original_layer_by_layer():
     model = VAE(arch="original")
-    assert [c.out_channels for c in _layers(model.encoder, nn.Conv2d)] == [32, 64, 128, 256]
-    assert [d.out_channels for d in _layers(model.decoder, nn.ConvTranspose2d)] == [128, 64, 32, 1]
-    assert len(_layers(model, nn.BatchNorm2d)) == 7
-    assert _layers(model, nn.LeakyReLU) and not _layers(model, nn.ReLU)
-    assert isinstance(model.decoder[-1], nn.ConvTranspose2d)
+    ours = [d for d in map(_describe, model.modules()) if d is not None]
+    assert ours == [(kind, args) for kind, args, _ in ORIGINAL_LAYERS]
+    assert not _layers(model, nn.ReLU)
+    assert sum(p.numel() for p in model.parameters()) == _original_param_count() == 1_473_709
+    # output shapes, layer by layer, through the decoder and the encoder
+    shapes = []
+    hooks = [m.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape[1:])))
+             for m in model.modules() if _describe(m) and not isinstance(m, (nn.BatchNorm2d, nn.LeakyReLU))]
+    model.eval()(torch.rand(2, 1, 64, 64))
+    for h in hooks:
+        h.remove()
+    assert shapes == [shape for kind, _, shape in ORIGINAL_LAYERS if shape is not None]
 
 
 def test_unknown_architecture_names_the_key():

@@ -279,6 +279,11 @@ def test_learning_rate_schedule_is_a_pure_function_of_the_epoch():
     cfg = config.Config().train
     cfg.lr, cfg.lr_decay, cfg.lr_decay_epochs = 5e-3, 0.95, 10
     assert [train.lr_at(cfg, e) for e in (0, 9, 10, 25)] == pytest.approx([5e-3, 5e-3, 5e-3 * 0.95, 5e-3 * 0.95**2])
+    # The original steps its scheduler after epochs 0, 10, 20, ... (run.py: `if e % 10 == 0`),
+    # so epochs 1-10 run at 0.95·lr, 11-20 at 0.95²·lr: written out epoch by epoch.
+    cfg.lr_decay_first = 1
+    original = [5e-3 * 0.95 ** sum(1 for k in range(e) if k % 10 == 0) for e in range(80)]
+    assert [train.lr_at(cfg, e) for e in range(80)] == pytest.approx(original)
 
 
 def test_cross_validation_summarises_every_fold(tmp_path):
