@@ -29,6 +29,8 @@ log = logging.getLogger("bcvae")
 EXPERIMENT = "capacity25_paper"
 PLATEAU_NLL = 500.0
 """A run has left the plateau at the first logged step whose training reconstruction NLL is below this."""
+GAP_TOLERANCE = 1.0
+"""|KL − C| in nats below which the capacity constraint counts as holding (Burgess et al.'s target)."""
 
 # key -> (what changes, overrides of capacity25_paper.yaml). One change per row.
 ROWS = {
@@ -54,31 +56,35 @@ def command(key: str, seed: int, steps: int) -> str:
     return f'make train EXP={EXPERIMENT} ARGS="{args}"'
 
 
-def exit_summary(rows: list[dict], threshold: float = PLATEAU_NLL) -> dict:
+def exit_summary(rows: list[dict], threshold: float = PLATEAU_NLL, tolerance: float = GAP_TOLERANCE) -> dict:
     """What one run's training log says about the plateau.
 
     ``rows``: the run's logged training rows (``train/rec``, ``train/kl``, ``train/mi``,
-    ``train/C``; each an average over the logging window). Returns the exit step
-    (None while still on the plateau), I(x; z), KL and C at that step, the largest
-    KL − C and |KL − C| after it, and the last row's values.
+    ``train/C``; each an average over the logging window). Returns the exit step (None
+    while still on the plateau); I(x; z), KL and C there; the largest KL − C and |KL − C|
+    from the exit on; the step from which |KL − C| stays below ``tolerance`` nats to the
+    end of the log (None if it never settles); and the last row's values.
     """
     rows = sorted((r for r in rows if "train/rec" in r), key=lambda r: r["step"])
     if not rows:
         raise ValueError("no training rows logged")
     last = rows[-1]
     out = {"steps": last["step"], "exit_step": None, "mi_at_exit": None, "kl_at_exit": None, "C_at_exit": None,
-           "max_overshoot_after": None, "max_abs_gap_after": None,
+           "max_overshoot_after": None, "max_abs_gap_after": None, "settled_step": None,
            "final_rec": last["train/rec"], "final_kl": last["train/kl"], "final_C": last.get("train/C"),
            "final_mi": last.get("train/mi")}
     exit_at = next((i for i, r in enumerate(rows) if r["train/rec"] < threshold), None)
     if exit_at is None:
         return out
-    at = rows[exit_at]
-    gaps = np.array([r["train/kl"] - r["train/C"] for r in rows[exit_at:] if "train/C" in r])
+    at, after = rows[exit_at], [r for r in rows[exit_at:] if "train/C" in r]
+    gaps = np.array([r["train/kl"] - r["train/C"] for r in after])
     out.update(exit_step=at["step"], mi_at_exit=at.get("train/mi"), kl_at_exit=at["train/kl"],
-               C_at_exit=at.get("train/C"),
-               max_overshoot_after=float(gaps.max()) if len(gaps) else None,
-               max_abs_gap_after=float(np.abs(gaps).max()) if len(gaps) else None)
+               C_at_exit=at.get("train/C"))
+    if len(gaps):
+        outside = np.flatnonzero(np.abs(gaps) >= tolerance)
+        settled = 0 if len(outside) == 0 else outside[-1] + 1
+        out.update(max_overshoot_after=float(gaps.max()), max_abs_gap_after=float(np.abs(gaps).max()),
+                   settled_step=after[settled]["step"] if settled < len(after) else None)
     return out
 
 
@@ -89,14 +95,15 @@ def _fmt(value, spec: str) -> str:
 def markdown_table(results: list[dict]) -> str:
     """One line per run, grouped by row, with the command that trains it."""
     lines = ["| change | seed | steps | left plateau at | I(x; z) there | KL / C there | max KL − C after "
-             "| max \\|KL − C\\| after | final NLL | final KL / C | final I(x; z) | command |",
+             "| \\|KL − C\\| < 1 from | final NLL | final KL / C | final I(x; z) | command |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         exit_step = "never" if r["exit_step"] is None else f"{r['exit_step']:,}"
+        settled = "–" if r["exit_step"] is None else ("never" if r["settled_step"] is None else f"{r['settled_step']:,}")
         lines.append(
             f"| {r['label']} | {r['seed']} | {r['steps']:,} | {exit_step} | {_fmt(r['mi_at_exit'], '.2f')} "
             f"| {_fmt(r['kl_at_exit'], '.2f')} / {_fmt(r['C_at_exit'], '.2f')} "
-            f"| {_fmt(r['max_overshoot_after'], '.2f')} | {_fmt(r['max_abs_gap_after'], '.2f')} "
+            f"| {_fmt(r['max_overshoot_after'], '.2f')} | {settled} "
             f"| {r['final_rec']:.0f} | {r['final_kl']:.2f} / {_fmt(r['final_C'], '.2f')} "
             f"| {_fmt(r['final_mi'], '.2f')} | `{r['command']}` |")
     return "\n".join(lines)

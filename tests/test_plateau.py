@@ -32,9 +32,21 @@ def test_exit_step_information_there_and_the_gap_after_it():
     assert (out["kl_at_exit"], out["C_at_exit"]) == (0.9, 0.15)
     assert out["max_overshoot_after"] == pytest.approx(0.75)
     assert out["max_abs_gap_after"] == pytest.approx(0.75)
+    assert out["settled_step"] == 150                   # within 1 nat from the exit on
     rows.append(_row(300, 370.0, 0.0, 1.3, 0.0))  # 1.3 below C: |KL − C| grows, overshoot does not
     out = plateau.exit_summary(rows)
     assert out["max_overshoot_after"] == pytest.approx(0.75) and out["max_abs_gap_after"] == pytest.approx(1.3)
+    assert out["settled_step"] is None                  # the last row is 1.3 nats off
+    rows.append(_row(350, 360.0, 1.0, 1.4, 0.9))
+    assert plateau.exit_summary(rows)["settled_step"] == 350
+
+
+def test_a_large_gap_right_after_the_exit_delays_settling():
+    rows = [_row(50, 480.0, 6.0, 0.1, 4.0), _row(100, 420.0, 2.5, 0.2, 2.0), _row(150, 400.0, 0.5, 0.3, 0.5),
+            _row(200, 390.0, 0.6, 0.4, 0.6)]
+    out = plateau.exit_summary(rows)
+    assert (out["exit_step"], out["settled_step"]) == (50, 150)
+    assert out["max_overshoot_after"] == pytest.approx(5.9)
 
 
 def test_an_empty_log_is_an_error():
@@ -63,7 +75,7 @@ def test_no_train_summarises_existing_runs_into_json_and_markdown(tmp_path, monk
     result = json.loads((tmp_path / "results" / "plateau.json").read_text())
     assert result[0]["exit_step"] == 100 and result[0]["max_overshoot_after"] == pytest.approx(0.7)
     table = (tmp_path / "results" / "plateau.md").read_text()
-    assert "| γ = 100 | 0 | 100 | 100 | 0.60 |" in table and "loss.gamma=100" in table
+    assert "| γ = 100 | 0 | 100 | 100 | 0.60 | 0.80 / 0.10 | 0.70 | 100 |" in table and "loss.gamma=100" in table
 
 
 @pytest.mark.parametrize("args, message", [
