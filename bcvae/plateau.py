@@ -60,8 +60,9 @@ def exit_summary(rows: list[dict], threshold: float = PLATEAU_NLL, tolerance: fl
     """What one run's training log says about the plateau.
 
     ``rows``: the run's logged training rows (``train/rec``, ``train/kl``, ``train/mi``,
-    ``train/C``; each an average over the logging window). Returns the exit step (None
-    while still on the plateau); I(x; z), KL and C there; the largest KL − C and |KL − C|
+    ``train/C``; each an average over the logging window). Returns the exit step — the
+    first logged step from which the NLL stays below ``threshold`` to the end of the log,
+    so a run that dips below and falls back has not left (None while on the plateau); I(x; z), KL and C there; the largest KL − C and |KL − C|
     from the exit on; the step from which |KL − C| stays below ``tolerance`` nats to the
     end of the log (None if it never settles); and the last row's values.
     """
@@ -73,8 +74,9 @@ def exit_summary(rows: list[dict], threshold: float = PLATEAU_NLL, tolerance: fl
            "max_overshoot_after": None, "max_abs_gap_after": None, "settled_step": None,
            "final_rec": last["train/rec"], "final_kl": last["train/kl"], "final_C": last.get("train/C"),
            "final_mi": last.get("train/mi")}
-    exit_at = next((i for i, r in enumerate(rows) if r["train/rec"] < threshold), None)
-    if exit_at is None:
+    above = [i for i, r in enumerate(rows) if r["train/rec"] >= threshold]
+    exit_at = 0 if not above else above[-1] + 1          # below the threshold from here to the end
+    if exit_at >= len(rows):
         return out
     at, after = rows[exit_at], [r for r in rows[exit_at:] if "train/C" in r]
     gaps = np.array([r["train/kl"] - r["train/C"] for r in after])
@@ -94,7 +96,7 @@ def _fmt(value, spec: str) -> str:
 
 def markdown_table(results: list[dict]) -> str:
     """One line per run, grouped by row, with the command that trains it."""
-    lines = ["| change | seed | steps | left plateau at | I(x; z) there | KL / C there | max KL − C after "
+    lines = ["| change | seed | steps | off the plateau from | I(x; z) there | KL / C there | max KL − C after "
              "| \\|KL − C\\| < 1 from | final NLL | final KL / C | final I(x; z) | command |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:

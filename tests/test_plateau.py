@@ -49,6 +49,15 @@ def test_a_large_gap_right_after_the_exit_delays_settling():
     assert out["max_overshoot_after"] == pytest.approx(5.9)
 
 
+def test_a_run_that_falls_back_onto_the_plateau_leaves_only_when_it_stays_off():
+    rows = [_row(50, 560.0, 0.1, 0.1, 0.0), _row(100, 450.0, 8.0, 0.1, 5.0),   # dips below 500 ...
+            _row(150, 570.0, 0.2, 0.2, 0.0),                                    # ... and falls back
+            _row(200, 490.0, 0.3, 0.3, 0.2), _row(250, 400.0, 0.4, 0.4, 0.4)]
+    out = plateau.exit_summary(rows)
+    assert (out["exit_step"], out["mi_at_exit"]) == (200, 0.2)
+    assert out["max_overshoot_after"] == pytest.approx(0.0)
+
+
 def test_an_empty_log_is_an_error():
     with pytest.raises(ValueError, match="no training rows"):
         plateau.exit_summary([{"step": 10, "val/rec": 1.0}])
