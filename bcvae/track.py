@@ -117,6 +117,15 @@ class Tracker:
         if self.run is not None:
             self._safe(lambda: self.run.log(scalars, step=int(step)))
 
+    def sync(self) -> None:
+        """fsync the JSON-lines log: rows a checkpoint counts as logged survive a crash."""
+        if self.jsonl_path.exists():
+            fd = os.open(self.jsonl_path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
     def log_image(self, key: str, image: np.ndarray, step: int, caption: str = "") -> None:
         """Log a ``(H, W)`` or ``(H, W, 3)`` uint8 image (W&B logs float images as black)."""
         if image.dtype != np.uint8:

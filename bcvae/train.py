@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from bcvae import config as config_mod
@@ -236,6 +237,7 @@ class Trainer:
         self.step = self.epoch = self.step_in_epoch = 0
         self.run_id: str | None = None
         self._stop_signal: int | None = None
+        self.tracker: track.Tracker | None = None
         self._prepare_run_dir(fresh)
         self.tracker = self._tracker(group) if self.rank == 0 else None
         self.train_model = self._fast_model()
@@ -348,6 +350,9 @@ class Trainer:
             raise TrainingError(
                 f"{self.ckpt_path} was trained with a different config ({'; '.join(conflicts[:5])}); "
                 "resume with the original settings, or start over with FRESH=1 (make) / --fresh")
+        if self.rank == 0:
+            self._check_config_record(ckpt["config"])
+            config_mod.save(self.cfg, self.dir / "config.yaml")  # the record follows resumable changes
         try:
             self.model.load_state_dict(ckpt["model"])
             if self.disc is not None:
@@ -371,6 +376,28 @@ class Trainer:
                                      default=-math.inf)
         log.info("resuming %s at step %d (epoch %d)", self.ckpt_path, self.step, self.epoch)
 
+    def _check_config_record(self, trained: dict) -> None:
+        """The run directory's ``config.yaml`` is a record of the config the checkpoint was trained
+        with; a hand edit there would otherwise be silently ignored. Refuse it, naming the keys."""
+        path = self.dir / "config.yaml"
+        if not path.exists():
+            return  # deleted: rewritten from the config in use
+        try:
+            record = yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, UnicodeDecodeError):
+            record = None
+        if not isinstance(record, dict):
+            raise config_mod.ConfigError(f"{path} is not a readable config; delete it (it is rewritten "
+                                         "from the checkpoint's config) and run again")
+        old, new = config_mod.flatten(trained), config_mod.flatten(record)
+        edited = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                  if old.get(k) != new.get(k) and not k.startswith(config_mod.RESUMABLE_CHANGES)]
+        if edited:
+            raise config_mod.ConfigError(
+                f"{path} was edited ({'; '.join(edited[:5])}) but the run's checkpoint was trained with the "
+                "old values: a run's config.yaml is a record, not an input. Undo the edit (or delete the file), "
+                "and change the experiment file or pass key=value overrides with --fresh instead")
+
     def _truncate_log(self, step: int) -> None:
         """Drop log rows written after the checkpoint, so a resumed run's log has no duplicates."""
         path = self.dir / "metrics.jsonl"
@@ -390,6 +417,8 @@ class Trainer:
             dist.barrier()
 
     def _write_checkpoint(self) -> None:
+        if self.tracker is not None:
+            self.tracker.sync()  # every row up to this step is on disk before the checkpoint says so
         for p in self.model.parameters():
             if not torch.isfinite(p).all():
                 raise TrainingError(f"parameters became non-finite by step {self.step}; "
@@ -620,13 +649,15 @@ class Trainer:
         self.tracker.log_gif("images/traversal_gif", gif, self.step)
         self.model.train()
 
-    def validate(self) -> dict[str, float]:
+    def validate(self, epoch: int | None = None) -> dict[str, float]:
         """Average loss terms over the held-out fold (never training data).
 
         Sampling uses a forked RNG seeded by (seed, epoch): validation is
         reproducible and leaves the training RNG untouched, so resuming is exact.
+        ``epoch`` (default: the current one) picks the seed.
         """
         cfg = self.cfg
+        epoch = self.epoch if epoch is None else epoch
 
         def log_images(j: int, x: torch.Tensor) -> None:
             if j % cfg.log.every_val_images == 0 and self.tracker is not None:
@@ -636,7 +667,7 @@ class Trainer:
         indices = validation_indices(len(self.split.val), cfg.train.val_batch_size, cfg.train.val_max_batches,
                                      cfg.data.fold_seed)
         return heldout_terms(self.model, self.disc, self.split.val, indices, cfg, self.step, self.device,
-                             seed=cfg.seed * 1_000_003 + self.epoch, dataset_size=len(self.split.train),
+                             seed=cfg.seed * 1_000_003 + epoch, dataset_size=len(self.split.train),
                              memory_format=self.memory_format, on_batch=log_images)
 
     def evaluate(self, metric_names) -> dict:
@@ -672,8 +703,16 @@ class Trainer:
     def _fit(self) -> dict:
         cfg, val = self.cfg, {}
         if self.epoch >= cfg.train.epochs or self._budget_reached():
-            log.info("%s is already complete (step %d, epoch %d)", self.dir, self.step, self.epoch)
-            return self._read_summary()
+            summary = self._completed_summary()
+            if summary is not None:
+                log.info("%s is already complete (step %d, epoch %d)", self.dir, self.step, self.epoch)
+                return summary
+            # Trained to the end, but stopped before its summary (or evaluation) was written:
+            # validate the final checkpoint again (same forked seed, same numbers) and finish.
+            log.info("%s: training finished at step %d but its final summary or evaluation is missing; "
+                     "finishing it", self.dir, self.step)
+            last_epoch = self.epoch - 1 if self.step_in_epoch == 0 and self.epoch > 0 else self.epoch
+            return self._finish(self.validate(epoch=last_epoch))
         while self.epoch < cfg.train.epochs:
             if not self._train_epoch():
                 break  # step budget reached inside the epoch
@@ -713,9 +752,17 @@ class Trainer:
                 self.tracker.summary({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         return summary
 
-    def _read_summary(self) -> dict:
-        path = self.dir / "summary.json"
-        return json.loads(path.read_text()) if path.exists() else {"step": self.step, "epoch": self.epoch}
+    def _completed_summary(self) -> dict | None:
+        """``summary.json`` when the run is complete at its checkpoint's step: the summary is of
+        that step and, when ``eval.at_end`` asks for metrics, so is ``eval.json``. Else None."""
+        summary = _read_json(self.dir / "summary.json")
+        if summary is None or summary.get("step") != self.step:
+            return None
+        if self.cfg.eval.at_end and self.cfg.eval.metrics:
+            result = _read_json(self.dir / "eval.json")
+            if result is None or result.get("step") != self.step:
+                return None
+        return summary
 
     @contextlib.contextmanager
     def _signals(self):
@@ -741,6 +788,15 @@ class Trainer:
         raise Interrupted(
             f"received {name} at step {self.step} (epoch {self.epoch}); checkpoint saved to {self.ckpt_path}. "
             "Run the same command again to resume.", self._stop_signal)
+
+
+def _read_json(path: Path) -> dict | None:
+    """A JSON object from ``path``; None when it is missing, empty, torn or not an object."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def flatten_scores(scores: dict, prefix: str = "") -> dict[str, float]:
@@ -780,9 +836,14 @@ def cross_validate(cfg: Config, *, fresh: bool = False) -> dict:
         end_distributed()
     keys = sorted({k for s in per_fold for k, v in s.items()
                    if isinstance(v, (int, float)) and k.startswith(("val/", "eval/"))})
+    for key in keys:  # a mean over the folds that happen to have a number would hide the others
+        missing = [fold for fold, s in enumerate(per_fold) if key not in s]
+        if missing:
+            raise TrainingError(f"cross-validation of {cfg.name}: fold(s) {missing} have no {key!r} in their "
+                                f"summary.json; rerun `bcvae cv` to finish them")
     summary = {}
     for key in keys:
-        values = np.array([s[key] for s in per_fold if key in s], dtype=float)
+        values = np.array([s[key] for s in per_fold], dtype=float)
         summary[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
                         "values": values.tolist()}
     out = {"experiment": cfg.name, "folds": cfg.data.k, "metrics": summary}
