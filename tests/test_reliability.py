@@ -416,6 +416,28 @@ def test_training_rebuilds_a_truncated_cache(tmp_path, pristine_cache):
     assert_cache_is_true_dsprites(path)
 
 
+def _overwrite_images(fold: int):
+    """Noise over the images of one fold, written through h5py: layout and attributes intact."""
+    def damage(path: Path) -> None:
+        with h5py.File(path, "r+") as f:
+            a, b = f["fold_offsets"][fold], f["fold_offsets"][fold + 1]
+            f["images"][a:b] = np.random.default_rng(2).integers(0, 256, (b - a, 512), dtype=np.uint8)
+    return damage
+
+
+@pytest.mark.parametrize("fold", [0, 7], ids=["held-out-fold", "a-training-fold"])
+def test_training_never_uses_images_overwritten_behind_intact_attributes(tmp_path, pristine_cache, fold):
+    path = tmp_path / "data" / CACHE_NAME
+    path.parent.mkdir()
+    shutil.copy(pristine_cache, path)
+    _overwrite_images(fold)(path)
+    proc = train_cli(tmp_path, "train.max_steps=2")
+    assert proc.returncode == 0, proc.stderr
+    warning = next(line for line in proc.stderr.splitlines() if "rebuilding" in line)
+    assert str(path) in warning and f"fold(s) [{fold}]" in warning and "sha256" in warning
+    assert_cache_is_true_dsprites(path)
+
+
 def test_two_processes_building_one_cache_build_it_once(tmp_path):
     cfg = config.load(SMOKE, overrides(tmp_path))
     path = cache_path(cfg.data)

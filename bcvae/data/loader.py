@@ -20,7 +20,10 @@ from bcvae.data.dsprites import DatasetError
 from bcvae.data.folds import (
     PACKED_BYTES,
     ensure_cache,
+    fold_digest,
+    fold_digests,
     read_provenance,
+    rebuild_cache,
     unpack_images,
     validate_data_config,
 )
@@ -99,19 +102,56 @@ def load_split(data_cfg: DataConfig) -> Split:
     if not 0 <= data_cfg.fold < data_cfg.k:
         raise ValueError(f"data.fold must be in [0, {data_cfg.k - 1}] for data.k = "
                          f"{data_cfg.k}, got {data_cfg.fold}")
-    path = ensure_cache(data_cfg)
-    offsets = _read(path, lambda f: f["fold_offsets"][...])
-    start, stop = int(offsets[data_cfg.fold]), int(offsets[data_cfg.fold + 1])
-    val = _read_rows(path, [(start, stop)])
-    train = _read_rows(path, [(0, start), (stop, int(offsets[-1]))])
-    return Split(train=train, val=val, provenance=provenance(path, fold=data_cfg.fold))
+    def read(path: Path) -> tuple[Split, list[int]]:
+        offsets = _read(path, lambda f: f["fold_offsets"][...])
+        f = data_cfg.fold
+        start, stop = int(offsets[f]), int(offsets[f + 1])
+        val = _read_rows(path, [(start, stop)])
+        train = _read_rows(path, [(0, start), (stop, int(offsets[-1]))])
+        others = [j for j in range(len(offsets) - 1) if j != f]
+        bad = _damaged_folds(path, offsets, [(val, [f]), (train, others)])
+        return Split(train=train, val=val, provenance=provenance(path, fold=f)), bad
+
+    return _verified(data_cfg, read)
 
 
 def load_all(data_cfg: DataConfig) -> FoldData:
     """Every image of the cache (all folds, fold-major order), for evaluation."""
+    def read(path: Path) -> tuple[FoldData, list[int]]:
+        offsets = _read(path, lambda f: f["fold_offsets"][...])
+        data = _read_rows(path, [(0, int(offsets[-1]))])
+        return data, _damaged_folds(path, offsets, [(data, list(range(len(offsets) - 1)))])
+
+    return _verified(data_cfg, read)
+
+
+def _verified(data_cfg: DataConfig, read):
+    """``read(path)`` -> (result, damaged folds); a damaged cache is rebuilt once and read again."""
     path = ensure_cache(data_cfg)
-    n = _read(path, lambda f: len(f["index"]))
-    return _read_rows(path, [(0, n)])
+    result, bad = read(path)
+    if bad:
+        path = rebuild_cache(data_cfg, f"damaged: fold(s) {bad} do not match the sha256 recorded when it was built")
+        result, bad = read(path)
+        if bad:
+            raise DatasetError(f"fold cache {path}: fold(s) {bad} do not match their sha256 right after a "
+                               "rebuild; the disk may be failing")
+    return result
+
+
+def _damaged_folds(path: Path, offsets: np.ndarray, parts: list[tuple[FoldData, list[int]]]) -> list[int]:
+    """Folds whose rows in ``parts`` (data, the folds it holds in order) differ from the
+    sha256 recorded at build time."""
+    recorded = fold_digests(path)
+    bad = []
+    for data, folds in parts:
+        pos = 0
+        for j in folds:
+            n = int(offsets[j + 1] - offsets[j])
+            rows = slice(pos, pos + n)
+            if fold_digest(data.packed[rows], data.factors[rows], data.index[rows]) != recorded[j]:
+                bad.append(j)
+            pos += n
+    return sorted(bad)
 
 
 def provenance(path: Path, fold: int | None = None) -> dict:
