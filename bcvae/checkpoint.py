@@ -79,8 +79,11 @@ def _load_failure(err: Exception) -> str:
     unsafe = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
     if unsafe:
         return f"it holds a pickled {unsafe.group(1)} object, which is never unpickled"
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0] if lines else ''}"
+    reason = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", str(err))
+    if reason:  # torch's own text goes on to advise weights_only=False: the unsafe thing to do
+        return f"not a torch file of tensors: {reason.group(1).strip()}"
+    lines = [line for line in str(err).strip().splitlines() if "weights_only" not in line]
+    return f"{type(err).__name__}: {lines[0] if lines else 'unreadable'}"
 
 
 def rng_state() -> dict:

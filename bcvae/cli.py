@@ -1,12 +1,14 @@
 """Command line: ``bcvae train|cv|eval|data|sweep|plots|reproduce|plateau`` (also ``python -m bcvae``).
 
-Exit codes: 0 success, 1 runtime failure (data, checkpoint, non-finite loss),
-2 configuration error, 128+N when stopped by signal N (a checkpoint was written).
+Every command shares one error boundary (:func:`main`). Exit codes: 0 success;
+2 a user mistake (config, argument, edited run record), one line naming the file,
+key or value; 1 an environment or data fault (missing or damaged file, full disk,
+non-finite loss), one line naming the path; 128+N when stopped by signal N (a
+checkpoint was written); 70 an internal error — a bug: the traceback is printed.
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
@@ -17,6 +19,8 @@ from pathlib import Path
 # other process needs (measured 6.4x slower training, benchmarks/README.md).
 # Set OMP_WAIT_POLICY=ACTIVE yourself on a dedicated machine if it is faster there.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from bcvae.errors import ArgumentParser
 
 log = logging.getLogger("bcvae")
 
@@ -32,7 +36,7 @@ def experiment_path(exp: str) -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bcvae", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="bcvae", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("train", "train (or resume) one fold"), ("cv", "train every fold, then summarise")):
         c = sub.add_parser(name, help=text)
@@ -69,8 +73,45 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The error boundary of every command: see the module docstring for the exit codes."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     argv = sys.argv[1:] if argv is None else argv
+    from bcvae.config import ConfigError
+    from bcvae.errors import DatasetError, Interrupted, TrainingError, UsageError
+
+    try:
+        return _route(argv)
+    except (ConfigError, UsageError) as err:
+        prefix = "config error" if isinstance(err, ConfigError) else "error"
+        print(f"{prefix}: {_one_line(err)}", file=sys.stderr)
+        return 2
+    except Interrupted as err:
+        print(f"stopped: {err.args[0]}", file=sys.stderr)
+        return 128 + int(err.args[1])
+    # OSError: the machine's fault (disk full, permissions), not the code's: no traceback either
+    except (DatasetError, TrainingError, OSError) as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # Ctrl-C outside training (which checkpoints instead), e.g. a cache build
+        print("stopped: interrupted (SIGINT). Run the same command again.", file=sys.stderr)
+        return 128 + 2
+    except Exception:
+        import traceback
+
+        traceback.print_exc()
+        print("internal error: this is a bug in bcvae, not a mistake of yours; please report it with the "
+              "traceback above and the command you ran", file=sys.stderr)
+        return 70
+
+
+def _one_line(err: BaseException) -> str:
+    """The message on one line (an OSError names its file: ``[Errno 28] ...: 'path'``)."""
+    if isinstance(err, OSError) and err.filename and str(err.filename) not in str(err):
+        return f"{err.strerror or err}: {err.filename}"
+    return " ".join(str(err).split())
+
+
+def _route(argv: list[str]) -> int:
     if argv[:1] == ["reproduce"]:  # its own argument parser: bcvae reproduce --help
         from bcvae import reproduce
 
@@ -79,25 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         from bcvae import plateau
 
         return plateau.main(argv[1:])
-    args = _parser().parse_args(argv)
-    from bcvae.config import ConfigError
-    from bcvae.errors import DatasetError, Interrupted, TrainingError
-
-    try:
-        return _dispatch(args)
-    except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
-        return 2
-    except Interrupted as err:
-        print(f"stopped: {err.args[0]}", file=sys.stderr)
-        return 128 + int(err.args[1])
-    # OSError: the machine's fault (disk full, permissions), not the code's: no traceback either
-    except (DatasetError, TrainingError, OSError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:  # Ctrl-C outside training (which checkpoints instead), e.g. a cache build
-        print("stopped: interrupted (SIGINT). Run the same command again.", file=sys.stderr)
-        return 128 + 2
+    return _dispatch(_parser().parse_args(argv))
 
 
 def _dispatch(args) -> int:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -23,6 +25,16 @@ LIKELIHOODS = ("bernoulli", "gaussian")
 SOURCES = ("auto", "dsprites", "procedural")
 ARCHS = ("burgess", "original")
 KL_SCALES = ("none", "batch_over_n")
+METRICS = ("mig", "sap", "dci", "beta_vae", "factor_vae")
+"""Disentanglement metrics (bcvae.metrics); ``bcvae eval`` also offers ``mig_full_grid``."""
+DSPRITES_IMAGES = 737_280
+"""Images in dSprites: 3 shapes × 6 scales × 40 orientations × 32 × 32 positions (bcvae.data checks it)."""
+SEED_MAX = 2**32 - 1
+"""Largest seed every generator the run seeds accepts (NumPy's legacy seed is 32-bit)."""
+ACTIVATION_BYTES = {"burgess": 0.8e6, "original": 4.5e6}
+"""Peak memory of one training image's forward and backward pass, measured on CPU (float32)."""
+RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,=+-]*")
+"""A run name is one directory name under run_dir: no separators, no leading dot."""
 
 
 class ConfigError(ValueError):
@@ -202,7 +214,10 @@ def load(path: str | Path, overrides: Iterable[str] = ()) -> Config:
         hint = f" (available: {', '.join(available)})" if available else ""
         raise ConfigError(f"{path}: experiment file not found{hint}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.object[err.start:err.start + 1]!r}); "
+                          "save the experiment file as UTF-8") from None
     except yaml.YAMLError as err:
         # str(err) spans several lines and names "<unicode string>": keep one line naming the file.
         mark = getattr(err, "problem_mark", None)
@@ -367,6 +382,19 @@ def _one_of(value: str, choices: tuple, source: str, key: str) -> None:
     _check(value in choices, source, key, f"must be one of {', '.join(choices)}, got {value!r}")
 
 
+def _check_memory(batch: int, arch: str, source: str) -> None:
+    """A training step must fit in this machine's memory (checked before anything is built)."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not on this platform: nothing to compare with
+        return
+    need = batch * ACTIVATION_BYTES.get(arch, max(ACTIVATION_BYTES.values()))
+    _check(need < total, source, "train.batch_size",
+           f"{batch:,} images need about {need / 2**30:,.0f} GiB for one training step "
+           f"({ACTIVATION_BYTES.get(arch, 0) / 1e6:.1f} MB per image for the {arch} network), "
+           f"more than this machine's {total / 2**30:.0f} GiB")
+
+
 def validate(cfg: Config, source: str) -> None:
     """Range and choice checks that types alone cannot express."""
     d, m, l, t, g, e = cfg.data, cfg.model, cfg.loss, cfg.train, cfg.log, cfg.eval
@@ -375,6 +403,13 @@ def validate(cfg: Config, source: str) -> None:
     _check(0 <= d.fold < d.k, source, "data.fold", f"must be in 0..{d.k - 1} (data.k={d.k}), got {d.fold}")
     _check(d.subset >= 0, source, "data.subset", f"must be >= 0, got {d.subset}")
     _check(d.subset == 0 or d.subset >= 2 * d.k, source, "data.subset", f"must be 0 or >= 2*k, got {d.subset}")
+    _check(d.subset <= DSPRITES_IMAGES, source, "data.subset",
+           f"must be at most the {DSPRITES_IMAGES:,} images of dSprites (0 = all), got {d.subset}")
+    for key, value in (("seed", cfg.seed), ("data.fold_seed", d.fold_seed)):
+        _check(0 <= value <= SEED_MAX, source, key, f"must be in 0..{SEED_MAX}, got {value}")
+    _check(bool(RUN_NAME.fullmatch(cfg.name)), source, "name",
+           f"must be a plain directory name (letters, digits and _ . , = + -, not starting with '.' or '-'), "
+           f"got {cfg.name!r}")
     _one_of(m.arch, ARCHS, source, "model.arch")
     _check(m.z_dim >= 1, source, "model.z_dim", f"must be >= 1, got {m.z_dim}")
     _one_of(l.objective, OBJECTIVES, source, "loss.objective")
@@ -402,6 +437,11 @@ def validate(cfg: Config, source: str) -> None:
     for key in ("batch_size", "val_batch_size", "lr_decay_epochs"):
         _check(getattr(t, key) >= 1, source, f"train.{key}", f"must be >= 1, got {getattr(t, key)}")
     _check(0 < t.lr_decay <= 1, source, "train.lr_decay", f"must be in (0, 1], got {t.lr_decay}")
+    n = d.subset or DSPRITES_IMAGES
+    n_train = n - -(-n // d.k)                     # the largest fold may be held out
+    _check(t.batch_size <= n_train, source, "train.batch_size",
+           f"must be at most the {n_train:,} training images (data.subset={d.subset}, data.k={d.k}), got {t.batch_size}")
+    _check_memory(t.batch_size, m.arch, source)
     _one_of(t.compile, ("auto", "on", "off"), source, "train.compile")
     _one_of(t.amp, ("auto", "bf16", "off"), source, "train.amp")
     _check(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"), source, "train.device",
@@ -409,9 +449,7 @@ def validate(cfg: Config, source: str) -> None:
     for key in ("every_train", "every_images", "every_val_images"):
         _check(getattr(g, key) >= 1, source, f"log.{key}", f"must be >= 1, got {getattr(g, key)}")
     _one_of(g.wandb_mode, ("auto", "offline", "online", "disabled"), source, "log.wandb_mode")
-    known = ("mig", "sap", "dci", "beta_vae", "factor_vae")
     for name in e.metrics:
-        _check(name in known, source, "eval.metrics", f"unknown metric {name!r}; choose from {', '.join(known)}")
+        _check(name in METRICS, source, "eval.metrics", f"unknown metric {name!r}; choose from {', '.join(METRICS)}")
     _check(e.every_epochs >= 0, source, "eval.every_epochs", f"must be >= 0, got {e.every_epochs}")
     _check(e.num_points >= 100, source, "eval.num_points", f"must be >= 100, got {e.num_points}")
-    _check(bool(cfg.name), source, "name", "must not be empty")

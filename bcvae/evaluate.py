@@ -16,7 +16,7 @@ import torch
 from bcvae import config, track
 from bcvae.checkpoint import export_pretrained, is_pretrained, load_checkpoint, load_pretrained, write_json
 from bcvae.encode import encode_all, image_source, make_encode
-from bcvae.errors import CheckpointError
+from bcvae.errors import CheckpointError, UsageError
 from bcvae.model import VAE
 from bcvae.train import flatten_scores, pick_device
 
@@ -33,6 +33,9 @@ def load_model(ckpt_path: Path, device: torch.device | None = None) -> tuple[VAE
     """Rebuild the VAE of a checkpoint or a pretrained directory; returns (model in eval
     mode, its config, the checkpoint — for a pretrained directory, its checkpoint-like dict)."""
     ckpt = load_pretrained(ckpt_path) if is_pretrained(ckpt_path) else load_checkpoint(ckpt_path)
+    if not isinstance(ckpt.get("config"), dict):
+        raise CheckpointError(f"{ckpt_path}: its 'config' entry is a {type(ckpt.get('config')).__name__}, "
+                              "not a mapping: not a bcvae checkpoint")
     cfg = config.from_dict(ckpt["config"], source=f"{ckpt_path} (saved config)")
     device = device or pick_device(cfg.train.device if cfg.train.device != "auto" else "auto")
     model = VAE(cfg.model.z_dim, cfg.model.arch)
@@ -102,8 +105,15 @@ def model_heldout_loss(model: VAE, cfg: config.Config, ckpt: dict, seed: int = 0
 
 
 def main(args) -> dict:
-    ckpt_path = checkpoint_path(Path(args.run))
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    known = (*config.METRICS, "mig_full_grid")
+    unknown = [m for m in names if m not in known]
+    if unknown or not names:   # checked before anything loads, and before eval.json is touched
+        raise UsageError(f"--metrics {args.metrics!r}: " + (f"unknown metric(s) {', '.join(unknown)}" if unknown
+                         else "names no metric") + f"; choose from {', '.join(known)}")
+    if args.num_points < 100:
+        raise UsageError(f"--num-points must be >= 100, got {args.num_points}")
+    ckpt_path = checkpoint_path(Path(args.run))
     result = evaluate_checkpoint(ckpt_path, names, seed=args.seed, num_points=args.num_points,
                                  full_grid_mig=args.full_grid_mig)
     scores = flatten_scores(result["scores"])

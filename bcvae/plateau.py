@@ -13,7 +13,6 @@ quotes it); every row states the command that trains it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -22,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bcvae.reproduce import train_one
+from bcvae.errors import ArgumentParser
+from bcvae.reproduce import parse_seeds, train_one
 
 log = logging.getLogger("bcvae")
 
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     from bcvae import track
     from bcvae.checkpoint import write_json
 
-    p = argparse.ArgumentParser(prog="bcvae plateau", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="bcvae plateau", description=__doc__.splitlines()[0])
     p.add_argument("--rows", default=",".join(ROWS), help=f"comma-separated subset of: {', '.join(ROWS)}")
     p.add_argument("--seeds", default="0,1", help="comma-separated, e.g. 0,1")
     p.add_argument("--steps", type=int, default=8000, help="training steps of every run")
@@ -127,10 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [k for k in keys if k not in ROWS]
     if unknown:
         p.error(f"unknown row {unknown[0]!r}; rows: {', '.join(ROWS)}")
-    try:
-        seeds = [int(s) for s in args.seeds.split(",") if s]
-    except ValueError:
-        p.error(f"--seeds must be comma-separated integers, got {args.seeds!r}")
+    seeds = parse_seeds(args.seeds, p)
     if args.steps < 1 or args.jobs < 1:
         p.error("--steps and --jobs must be >= 1")
     logging.basicConfig(level=logging.INFO, format="%(message)s")

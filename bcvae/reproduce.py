@@ -9,7 +9,6 @@ resumes or reuses it). Metrics are computed here from the checkpoints.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -21,13 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
+from bcvae import config
+from bcvae.errors import ArgumentParser, TrainingError
+
 log = logging.getLogger("bcvae")
 
 EXPERIMENTS = {
     "cpu": ["capacity25_cpu", "capacity13_cpu", "beta1_cpu", "beta4_cpu", "factorvae_cpu"],
     "full": ["capacity25", "beta1", "beta4", "factorvae"],
 }
-METRICS = ("mig", "sap", "dci", "beta_vae", "factor_vae")
+METRICS = config.METRICS  # every row scores every metric
 COLUMNS = [("recon_nll", "rec. NLL (val)"), ("kl", "KL (val)"), ("mig", "MIG"),
            ("factor_vae_score", "FactorVAE"), ("beta_vae_score", "BetaVAE"),
            ("dci_disentanglement", "DCI dis."), ("sap", "SAP")]
@@ -48,7 +50,8 @@ def train_one(experiment: str, seed: int, *, threads: int, overrides: list[str],
     tic = time.perf_counter()
     proc = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"training {name} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
+        last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise TrainingError(f"training {name} failed (exit {proc.returncode}): {last}")
     log.info("trained %s in %.1f min", name, (time.perf_counter() - tic) / 60)
     run_dir = root / "runs" / name / "fold0"
     for o in overrides:
@@ -136,7 +139,7 @@ def latent_report(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="bcvae reproduce", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="bcvae reproduce", description=__doc__.splitlines()[0])
     p.add_argument("--budget", choices=sorted(EXPERIMENTS), default="cpu")
     p.add_argument("--experiments", default="", help="comma-separated subset (default: all of the budget's)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated, e.g. 0,1,2")
@@ -146,17 +149,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-train", action="store_true", help="evaluate the runs as they are (no training)")
     p.add_argument("overrides", nargs="*", help="key=value applied to every run")
     args = p.parse_args(argv)
-    for o in args.overrides:  # fail before hours of training, not after the first run
+    # Everything is checked before the first of hours of training starts.
+    for o in args.overrides:
         if "=" not in o:
             p.error(f"override {o!r} must look like key=value (seeds are comma-separated: --seeds 0,1,2)")
+    seeds = parse_seeds(args.seeds, p)
+    if args.jobs < 1:
+        p.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.num_points < 100:
+        p.error(f"--num-points must be >= 100, got {args.num_points}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = Path.cwd()
     experiments = [e for e in args.experiments.split(",") if e] or EXPERIMENTS[args.budget]
-    seeds = [int(s) for s in args.seeds.split(",") if s]
+    for e in experiments:  # a missing file or a bad override: one line naming it (ConfigError)
+        for s in seeds:
+            config.load(root / "experiments" / f"{e}.yaml", [f"seed={s}", f"name={run_name(e, s)}", *args.overrides])
     jobs = [(e, s) for e in experiments for s in seeds]
     threads = 1 if args.jobs > 1 else (os.cpu_count() or 1)
     if args.no_train:
         run_dirs = [root / "runs" / run_name(e, s) / "fold0" for e, s in jobs]
+        missing = [str(d) for d in run_dirs if not (d / "checkpoint.pt").is_file()]
+        if missing:
+            p.error(f"--no-train: no trained run at {', '.join(missing[:3])}"
+                    f"{f' and {len(missing) - 3} more' if len(missing) > 3 else ''}")
     else:
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
             run_dirs = list(pool.map(lambda j: train_one(*j, threads=threads, overrides=args.overrides, root=root),
@@ -164,6 +179,17 @@ def main(argv: list[str] | None = None) -> int:
     rows = [evaluate_run(d, e, s, args.budget, args.num_points) for d, (e, s) in zip(run_dirs, jobs)]
     write_results(rows, Path(args.out), args.budget)
     return 0
+
+
+def parse_seeds(text: str, parser: ArgumentParser) -> list[int]:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; anything else is a usage error naming the value."""
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        parser.error(f"--seeds must be comma-separated integers such as 0,1,2, got {text!r}")
+    if not seeds or any(not 0 <= s <= config.SEED_MAX for s in seeds):
+        parser.error(f"--seeds must be integers in 0..{config.SEED_MAX}, got {text!r}")
+    return seeds
 
 
 def write_results(rows: list[dict], out: Path, budget: str) -> None:

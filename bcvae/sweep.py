@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,14 @@ def load_sweep(path: Path) -> dict:
     """Read and validate a sweep file against the W&B sweep configuration schema."""
     if not path.is_file():
         raise ConfigError(f"{path}: sweep file not found")
-    spec = yaml.safe_load(path.read_text())
+    try:
+        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; save the sweep file as UTF-8") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
     validate_sweep(spec, str(path))
     return spec
 
@@ -82,6 +90,14 @@ def _validate_param(p, where: str, method: str) -> None:
         raise ConfigError(f"{where}: give value, values, or a distribution with min and max")
     if method == "grid" and not ({"value", "values", "parameters"} & set(p)):
         raise ConfigError(f"{where}: grid search needs value or values (not a continuous distribution)")
+    if "min" in p and "max" in p:
+        lo, hi = p["min"], p["max"]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (lo, hi)):
+            raise ConfigError(f"{where}: min and max must be numbers, got {lo!r} and {hi!r}")
+        if lo > hi:
+            raise ConfigError(f"{where}: min {lo} is larger than max {hi}")
+        if dist in ("log_uniform_values", "q_log_uniform_values", "inv_log_uniform_values") and lo <= 0:
+            raise ConfigError(f"{where}: {dist} needs min > 0 (values are drawn uniformly in log space), got {lo}")
 
 
 def experiment_of(spec: dict, source: str) -> str:
@@ -138,14 +154,27 @@ def run_local(path: Path, count: int = 0, dry_run: bool = False) -> list[dict]:
     spec = load_sweep(path)
     exp = experiment_of(spec, str(path))
     runs = expand(spec, count)
-    summaries = []
+    # Every point is checked before the first trains: a bad value in point 5 is found now, not hours later.
+    configs = []
     for i, params in enumerate(runs):
         overrides = [f"{k}={v}" for k, v in params.items()]
-        tag = "-".join(f"{k.split('.')[-1]}{v}" for k, v in params.items())
-        cfg = config.load(experiment_path(exp), overrides + [f"name={exp}-{path.stem}-{tag}"])
+        try:
+            cfg = config.load(experiment_path(exp), overrides + [f"name={run_name(exp, path.stem, params)}"])
+        except ConfigError as err:
+            raise ConfigError(f"{path}: run {i + 1}/{len(runs)} ({' '.join(overrides)}): {err}") from None
+        configs.append((params, overrides, cfg))
+    summaries = []
+    for i, (params, overrides, cfg) in enumerate(configs):
         log.info("sweep %s run %d/%d: %s", path.stem, i + 1, len(runs), " ".join(overrides))
         if not dry_run:
             summaries.append({"params": params, "summary": train.train(cfg, group=f"sweep-{path.stem}")})
         else:
             summaries.append({"params": params, "name": cfg.name})
     return summaries
+
+
+def run_name(exp: str, sweep: str, params: dict) -> str:
+    """``<experiment>-<sweep>-<key><value>...``, every character outside ``[A-Za-z0-9_.,=+-]``
+    replaced by ``_``: a value such as ``a/b`` never makes a nested run directory."""
+    tag = "-".join(f"{k.split('.')[-1]}{v}" for k, v in params.items())
+    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", f"{exp}-{sweep}-{tag}")

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from bcvae.data import FACTOR_NAMES, FACTOR_SIZES, latents_values, render_dsprites
+from bcvae.errors import RunFileError
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -147,7 +148,7 @@ def _wandb_payloads(path: Path) -> list[bytes]:
     block, header = 32768, struct.Struct("<IHB")  # per chunk: CRC32, length, type
     data = Path(path).read_bytes()
     if data[:4] != b":W&B":
-        raise ValueError(f"{path} is not a W&B run file (it does not start with ':W&B')")
+        raise RunFileError(f"{path} is not a W&B run file (it does not start with ':W&B')")
     payloads, chunks, pos = [], [], 7  # file header: ':W&B', 2-byte magic, 1-byte version
     while pos + header.size <= len(data):
         left = block - pos % block
@@ -159,6 +160,9 @@ def _wandb_payloads(path: Path) -> list[bytes]:
         if kind == 0 and length == 0:
             pos += left - header.size
             continue
+        if pos + length > len(data):  # a record torn by a kill: keep the complete ones before it
+            log.warning("%s ends in a torn record; reading the %d complete records before it", path, len(payloads))
+            break
         chunks.append(data[pos:pos + length])
         pos += length
         if kind in (1, 4):  # FULL or LAST chunk completes a record
@@ -184,13 +188,17 @@ def history_from_wandb(path: Path) -> list[dict]:
     ``path`` is a run directory (``runs/<exp>/fold<k>``), an ``offline-run-*``
     directory or a ``run-*.wandb`` file. Images and other media are left out.
     """
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2
 
     rows = []
     for file in wandb_run_files(path):
         for payload in _wandb_payloads(file):
             record = wandb_internal_pb2.Record()
-            record.ParseFromString(payload)
+            try:
+                record.ParseFromString(payload)
+            except DecodeError:
+                raise RunFileError(f"{file} holds a record that is not a W&B record: a damaged run file") from None
             if record.WhichOneof("record_type") != "history":
                 continue
             items = {item.key or "/".join(item.nested_key): json.loads(item.value_json)

@@ -90,12 +90,14 @@ def test_no_train_summarises_existing_runs_into_json_and_markdown(tmp_path, monk
 @pytest.mark.parametrize("args, message", [
     (["--rows", "bogus"], "unknown row 'bogus'"),
     (["--seeds", "a,b"], "--seeds must be comma-separated integers"),
+    (["--steps", "0"], "--steps and --jobs must be >= 1"),
     (["--jobs", "0"], "--jobs must be >= 1"),
     (["--rows", "gamma300", "--seeds", "7", "--no-train"], "no training log"),
 ])
 def test_bad_arguments_are_one_line(args, message, tmp_path, monkeypatch, capsys):
+    from bcvae import cli
+
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit) as exit_:
-        plateau.main(args)
-    assert exit_.value.code == 2
-    assert message in capsys.readouterr().err
+    assert cli.main(["plateau", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err

@@ -45,10 +45,23 @@ def test_table_is_mean_and_sample_std_over_seeds():
     assert cells[4] == "–"  # no KL values given
 
 
-def test_a_stray_word_is_refused_before_any_training(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("args, message", [
+    (["--seeds", "0", "1", "2"], "override '1' must look like key=value"),   # space-separated seeds
+    (["--seeds", "a,b"], "--seeds must be comma-separated integers"),
+    (["--seeds", "-1"], "--seeds must be integers in 0..4294967295"),
+    (["--jobs", "0"], "--jobs must be >= 1"),
+    (["--num-points", "5"], "--num-points must be >= 100"),
+    (["--experiments", "nosuch"], "experiments/nosuch.yaml: experiment file not found"),
+    (["--experiments", "beta4_cpu", "train.lr=-1"], "train.lr"),
+    (["--experiments", "beta4_cpu", "--seeds", "7", "--no-train"], "--no-train: no trained run at"),
+], ids=["spaced-seeds", "letters", "negative", "jobs", "points", "unknown-experiment", "bad-override", "no-runs"])
+def test_every_mistake_is_refused_in_one_line_before_any_training(tmp_path, monkeypatch, capsys, args, message):
+    from bcvae import cli
+    from conftest import ROOT
+
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "experiments").symlink_to(ROOT / "experiments")
     monkeypatch.setattr(reproduce, "train_one", lambda *a, **k: pytest.fail("training started"))
-    with pytest.raises(SystemExit) as exc:
-        reproduce.main(["--seeds", "0", "1", "2"])  # space-separated seeds: "1", "2" become overrides
-    assert exc.value.code == 2
-    assert "override '1' must look like key=value" in capsys.readouterr().err
+    assert cli.main(["reproduce", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "Traceback" not in err[0], err

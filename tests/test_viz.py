@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from bcvae import viz
 from bcvae.data import FACTOR_NAMES, FACTOR_SIZES, render_dsprites
+from bcvae.errors import RunFileError
 from bcvae.model import VAE
 from bcvae.track import read_jsonl
 
@@ -205,7 +206,7 @@ def test_non_wandb_file_is_refused_with_its_name(tmp_path):
     (tmp_path / "empty").mkdir()
     bad = tmp_path / "run-x.wandb"
     bad.write_bytes(b"not a record file")
-    with pytest.raises(ValueError, match="run-x.wandb"):
+    with pytest.raises(RunFileError, match="run-x.wandb"):
         viz.history_from_wandb(bad)
     with pytest.raises(FileNotFoundError, match="no offline W&B run"):
         viz.history_from_wandb(tmp_path / "empty")
