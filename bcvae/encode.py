@@ -102,8 +102,12 @@ def image_source(provenance: dict, all_images: Callable[[], FoldData]) -> Callab
 def encode_all(model: nn.Module, data: FoldData, device: torch.device, batch_size: int = 1024):
     """Posterior (μ, log σ²) of every image, each ``(737280, D)`` float32 in the real file's order."""
     encoder = Encoder(model, device, "auto", batch_size, torch.channels_last)  # compiles once it pays
+    from tqdm.auto import tqdm
+
     mus, logvars = [], []
-    for start in range(0, len(data), batch_size):
+    starts = range(0, len(data), batch_size)
+    for start in tqdm(starts, desc=f"encoding {len(data):,} images", unit="batch", leave=False,
+                      disable=len(starts) < 20):
         x = data.batch(np.arange(start, min(start + batch_size, len(data))), device)
         mu, logvar = encoder(x.contiguous(memory_format=torch.channels_last))
         mus.append(mu.float().cpu())

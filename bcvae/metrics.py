@@ -55,6 +55,7 @@ Known properties of the metrics themselves, not of this code:
 from __future__ import annotations
 
 import inspect
+import logging
 import math
 import time
 import warnings
@@ -72,6 +73,8 @@ from threadpoolctl import threadpool_limits
 
 from bcvae import config
 from bcvae.data.render import FACTOR_NAMES, FACTOR_SIZES, render_dsprites
+
+log = logging.getLogger("bcvae")
 
 Encode = Callable[[np.ndarray], np.ndarray]
 """uint8 images ``(B, 64, 64)`` -> codes ``(B, D)``."""
@@ -674,8 +677,10 @@ def _sampled_metrics(metrics, source, cols, seed, num_points, settings, record, 
             kwargs = {**_keyword_defaults(fn), **sizes[name], **settings.get(name, {})}
             n = num_points if name == "mig" else len(codes)  # MIG uses the training points only
             tic, spent = time.perf_counter(), source.seconds
+            log.info("metric %s ...", name)
             scores[name] = fn(codes[:n], labels[:n], **kwargs)
             seconds[name] = time.perf_counter() - tic - (source.seconds - spent)
+            log.info("metric %s done in %.1f s", name, seconds[name])
             record[name] = {**kwargs, **({"num_points": n} if name == "mig" else {})}
     return scores
 
@@ -690,8 +695,11 @@ def _sampling_metrics(metrics, source, factors, seed, num_points, settings, reco
         extra = {"num_variance_estimate": num_points} if name == "factor_vae" else {}
         kwargs = {**_keyword_defaults(fn), **sizes, **extra, **settings.get(name, {})}
         tic, spent = time.perf_counter(), source.seconds
+        log.info("metric %s ...", name)
         details = fn(source, seed, factors=factors, **kwargs)
         seconds[name] = time.perf_counter() - tic - (source.seconds - spent)
+        log.info("metric %s done in %.1f s (%.1f s rendering and encoding so far)", name, seconds[name],
+                 source.seconds)
         scores[name], scores[f"{name}_train"] = details["eval_accuracy"], details["train_accuracy"]
         if name == "factor_vae":
             scores["factor_vae_active_dims"] = details["num_active_dims"]
@@ -737,6 +745,8 @@ def evaluate(encode: Encode | None = None, metrics: Sequence[str] = METRICS[:5],
               "scipy": scipy.__version__}
     seconds, notes, scores, start = {}, [], {}, time.perf_counter()
     if {"mig", "sap", "dci"} & set(metrics):
+        log.info("sampling %d + %d points for %s", num_points, num_points // 2,
+                 ", ".join(m for m in metrics if m in ("mig", "sap", "dci")))
         scores.update(_sampled_metrics(metrics, source, cols, seed, num_points, settings, record, seconds))
     scores.update(_sampling_metrics(metrics, source, factors, seed, num_points, settings, record, seconds, notes))
     if "mig_full_grid" in metrics:

@@ -24,6 +24,9 @@ import numpy as np
 
 log = logging.getLogger("bcvae")
 
+INIT_TIMEOUT_S = 15
+"""Seconds ``wandb.init`` may wait for the server before the run logs offline instead."""
+
 
 def wandb_credentials_configured() -> bool:
     """True when an API key is in the environment or in ~/.netrc for api.wandb.ai."""
@@ -93,15 +96,30 @@ class Tracker:
         try:
             import wandb
 
-            self.run = wandb.init(
-                project=project, entity=entity or None, name=name, group=group,
-                id=self.run_id, resume="allow", dir=str(self.run_dir), mode=mode,
-                config={**config, "provenance": provenance},
-                # Each Tracker is its own run: W&B's default would hand back any run
-                # still open in this process and log this run's data into it.
-                reinit="create_new",
-                settings=wandb.Settings(console="off", x_disable_stats=True, save_code=False),
-            )
+            def start(mode: str):
+                return wandb.init(
+                    project=project, entity=entity or None, name=name, group=group,
+                    id=self.run_id, resume="allow", dir=str(self.run_dir), mode=mode,
+                    config={**config, "provenance": provenance},
+                    # Each Tracker is its own run: W&B's default would hand back any run
+                    # still open in this process and log this run's data into it.
+                    reinit="create_new",
+                    # Unreachable servers: give up after INIT_TIMEOUT_S instead of W&B's 90 s.
+                    settings=wandb.Settings(console="off", x_disable_stats=True, save_code=False,
+                                            init_timeout=INIT_TIMEOUT_S),
+                )
+
+            try:
+                self.run = start(mode)
+            except Exception as err:
+                if mode != "online":
+                    raise
+                log.warning("W&B did not start online within %d s (%s: %s); logging offline instead "
+                            "(upload later with `wandb sync %s/wandb/offline-run-*`)", INIT_TIMEOUT_S,
+                            type(err).__name__, " ".join(str(err).split())[:200], self.run_dir)
+                os.environ["WANDB_MODE"] = "offline"
+                wandb.teardown()  # the failed online attempt's service would swallow the offline run
+                self.run = start("offline")
             self._wandb = wandb
             self.run_id = self.run.id
         except Exception as err:  # any tracker failure must not lose the run

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
@@ -685,11 +686,15 @@ def write_run_plots(run_dir: Path, n_per_value: int = 32) -> list[Path]:
     ``latents.json`` (the latent -> factor table and the switch-on order).
     Returns the paths written.
     """
+    tic = time.perf_counter()
     run = load_run(run_dir)
+    log.info("loaded %s (step %d) in %.1f s", run_dir, run.ckpt["step"], time.perf_counter() - tic)
     out = Path(run_dir) / "plots"
     out.mkdir(parents=True, exist_ok=True)
     kl = run.kl()
+    tic = time.perf_counter()
     codes = factor_codes(run.encode, n_per_value=n_per_value, seed=run.cfg.seed)
+    log.info("rendered and encoded the factor sweeps in %.1f s; drawing the figures", time.perf_counter() - tic)
     figures = {
         "reconstructions": reconstruction_figure(run.model, run.images[:8]),
         "traversals": traversal_figure(run.model, run.images[:1], kl),

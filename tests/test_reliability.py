@@ -642,3 +642,19 @@ def test_unwritable_wandb_directory_does_not_stop_training(tmp_path):
     (run_dir(tmp_path) / "wandb").write_text("a file where W&B wants its directory")
     proc = train_cli(tmp_path, "train.max_steps=10")
     _assert_trained_with_local_log(tmp_path, proc)
+
+
+def test_an_unreachable_wandb_server_falls_back_to_offline_quickly(tmp_path):
+    # A key is configured but the server cannot be reached (a closed local port): W&B's own
+    # 90 s wait becomes INIT_TIMEOUT_S, then the run logs offline under the same run id.
+    from bcvae.track import INIT_TIMEOUT_S
+
+    env = {**ENV, "WANDB_MODE": "online", "WANDB_API_KEY": "0" * 40, "WANDB_BASE_URL": "http://127.0.0.1:9"}
+    tic = time.perf_counter()
+    proc = train_cli(tmp_path, "train.max_steps=10", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert time.perf_counter() - tic < INIT_TIMEOUT_S + 60
+    assert any("logging offline instead" in line for line in proc.stderr.splitlines()), proc.stderr
+    assert len(wandb_records.run_ids(run_dir(tmp_path))) == 1
+    ckpt = checkpoint.load_checkpoint(run_dir(tmp_path) / "checkpoint.pt")
+    assert ckpt["wandb_run_id"] in wandb_records.run_ids(run_dir(tmp_path))
