@@ -82,7 +82,7 @@ class LossConfig:
     c_steps: int = 100_000
     """Capacity objective: global steps over which C grows linearly from 0 to C_max."""
     gamma_warmup_steps: int = 0
-    """Capacity objective: γ grows linearly from 0 to gamma over these steps (0 = γ from the start)."""
+    """Capacity objective: γ grows linearly from 0 to gamma over these steps, from the end of the warm start (0 = γ at once)."""
     warm_start_steps: int = 0
     """Capacity objective: optimise the plain ELBO (β = 1) for these first steps (0 = none)."""
     kl_scale: str = "none"

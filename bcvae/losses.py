@@ -73,15 +73,17 @@ def capacity(step: int, c_max: float, c_steps: int) -> float:
     return float(min(c_max, c_max * max(step, 0) / c_steps))
 
 
-def capacity_gamma(step: int, gamma: float, warmup_steps: int) -> float:
-    """Weight of |KL − C| at ``step``: γ·min(1, step/warmup_steps); ``warmup_steps <= 0`` = γ throughout.
+def capacity_gamma(step: int, gamma: float, warmup_steps: int, start: int = 0) -> float:
+    """Weight of |KL − C| at ``step``: γ·min(1, (step − start)/warmup_steps), i.e. a linear
+    warm-up from 0 that begins at ``start`` (the end of a β = 1 warm start, if any);
+    ``warmup_steps <= 0`` = γ throughout.
 
-    A γ warm-up is not in Burgess et al. (2018); it is the remedy ``capacity25.yaml``
-    uses for the mean-image plateau (see ``docs/capacity_plateau.md``).
+    Neither is in Burgess et al. (2018); ``docs/capacity_plateau.md`` measures both as
+    remedies for the mean-image plateau.
     """
     if warmup_steps <= 0:
         return float(gamma)
-    return float(gamma * min(1.0, max(step, 0) / warmup_steps))
+    return float(gamma * min(1.0, max(step - start, 0) / warmup_steps))
 
 
 def permute_dims(z: Tensor, generator: torch.Generator | None = None) -> Tensor:
@@ -270,7 +272,7 @@ def _regulariser(loss_cfg: Any, mu: Tensor, logvar: Tensor, z: Tensor, kl: Tenso
         terms = {"C": c, "kl_gap": gap}
         if step < loss_cfg.warm_start_steps:   # plain ELBO first (β = 1), C already counting
             return kl, {**terms, "gamma": 0.0}
-        gamma = capacity_gamma(step, loss_cfg.gamma, loss_cfg.gamma_warmup_steps)
+        gamma = capacity_gamma(step, loss_cfg.gamma, loss_cfg.gamma_warmup_steps, loss_cfg.warm_start_steps)
         if loss_cfg.kl_scale == "batch_over_n":   # the original implementation's γ·(B/N)
             if dataset_size is None:
                 raise ValueError("loss.kl_scale 'batch_over_n' needs dataset_size (the training-split size)")

@@ -40,6 +40,8 @@ ROWS = {
     "warmup2k": ("γ warm-up 0 → 1000 over 2k steps", ["loss.gamma_warmup_steps=2000"]),
     "warmup10k": ("γ warm-up 0 → 1000 over 10k steps", ["loss.gamma_warmup_steps=10000"]),
     "warmstart1k": ("β = 1 for the first 1k steps", ["loss.warm_start_steps=1000"]),
+    "warmstart1k-ramp2k": ("β = 1 for 1k steps, then γ 0 → 1000 over 2k",
+                           ["loss.warm_start_steps=1000", "loss.gamma_warmup_steps=2000"]),
     "lr1e-4": ("Adam lr 1e-4 (disentanglement_lib)", ["train.lr=1.0e-4"]),
 }
 # Settings of every plateau run that do not change its trajectory: no metrics, fewer pictures.

@@ -129,6 +129,8 @@ def test_capacity_loss_is_rec_plus_gamma_abs_gap():
 def test_gamma_warmup_is_linear_from_zero_then_constant():
     assert capacity_gamma(500, 1000.0, 0) == 1000.0
     assert [capacity_gamma(s, 1000.0, 2000) for s in (0, 500, 2000, 9000)] == [0.0, 250.0, 1000.0, 1000.0]
+    # after a warm start of 1,000 steps the warm-up begins there
+    assert [capacity_gamma(s, 1000.0, 2000, 1000) for s in (0, 1000, 1500, 3000)] == [0.0, 0.0, 250.0, 1000.0]
     x, logits, mu, logvar, z = _posterior()
     rec, kl = _hand_terms(x, logits, mu, logvar)
     cfg = _cfg(objective="capacity", gamma=1000.0, c_max=25.0, c_steps=1000, gamma_warmup_steps=2000)
@@ -146,6 +148,10 @@ def test_warm_start_is_the_plain_elbo_then_the_capacity_objective():
     assert terms["C"] == pytest.approx(2.475) and terms["gamma"] == 0.0
     after, _ = vae_loss(cfg, x, logits, mu, logvar, z, step=100)
     torch.testing.assert_close(after, rec + 1000.0 * (kl - 2.5).abs())
+    ramped = _cfg(**{**vars(cfg), "gamma_warmup_steps": 400})     # then γ grows over 400 steps
+    loss, terms = vae_loss(ramped, x, logits, mu, logvar, z, step=200)
+    torch.testing.assert_close(loss, rec + 250.0 * (kl - 5.0).abs())
+    assert terms["gamma"] == 250.0
 
 
 def test_batch_over_n_scaling_is_the_original_implementations_loss():
