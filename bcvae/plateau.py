@@ -113,6 +113,32 @@ def markdown_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def figure(histories: dict[str, list[dict]]):
+    """One row per run: KL, I(x; z), KL(q(z) ‖ p(z)) and C (left), reconstruction NLL (right),
+    over the first steps. ``histories``: label -> logged rows."""
+    from bcvae import viz
+
+    fig = viz._figure(10.0, 2.3 * len(histories))
+    axes = fig.subplots(len(histories), 2, squeeze=False, sharex=True)
+    for (label, rows), (info, rec) in zip(histories.items(), axes):
+        for key, name, style in (("train/kl", "KL", {"color": "black", "lw": 1.6}),
+                                 ("train/mi", "I(x; z)", {"color": "tab:blue", "lw": 1.2}),
+                                 ("train/marginal_kl", "KL(q(z) ‖ p(z))", {"color": "tab:orange", "lw": 1.2}),
+                                 ("train/C", "C", {"color": "black", "ls": "--", "lw": 1.0})):
+            info.plot(*viz.series(rows, key), label=name, **style)
+        info.set_ylim(-0.2, 3.0)
+        info.set_ylabel("nats")
+        info.set_title(label, fontsize=9, loc="left")
+        rec.plot(*viz.series(rows, "train/rec"), color="tab:green", lw=1.2)
+        rec.axhline(PLATEAU_NLL, color="grey", ls=":", lw=1)
+        rec.set_ylim(0, 700)
+        rec.set_title("reconstruction NLL (nats)", fontsize=9, loc="left")
+    axes[0][0].legend(fontsize=7, ncol=4, loc="upper left")
+    for ax in axes[-1]:
+        ax.set_xlabel("training step")
+    return fig
+
+
 def main(argv: list[str] | None = None) -> int:
     from bcvae import track
     from bcvae.checkpoint import write_json
@@ -124,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=2, help="trainings side by side, one thread each")
     p.add_argument("--no-train", action="store_true", help="summarise the runs as they are")
     p.add_argument("--out", default="results")
+    p.add_argument("--figure", default="", help="also draw these runs (key:seed,...) into <out>/plateau.png")
     args = p.parse_args(argv)
     keys = [k for k in args.rows.split(",") if k]
     unknown = [k for k in keys if k not in ROWS]
@@ -156,6 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     table = markdown_table(results)
     (out / "plateau.md").write_text(table + "\n")
     print(table)
+    if args.figure:
+        wanted = [tuple(item.split(":")) for item in args.figure.split(",") if item]
+        histories = {f"{ROWS[k][0]}, seed {s}": track.read_jsonl(root / "runs" / run_name(k, int(s)) / "fold0" / "metrics.jsonl")
+                     for k, s in wanted}
+        figure(histories).savefig(out / "plateau.png", dpi=100)
+        print(f"wrote {out / 'plateau.png'}")
     return 0
 
 

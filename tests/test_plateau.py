@@ -101,3 +101,13 @@ def test_bad_arguments_are_one_line(args, message, tmp_path, monkeypatch, capsys
     assert cli.main(["plateau", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+
+
+def test_figure_draws_each_run_as_a_row():
+    rows = [_row(s, 570.0 - s, 0.01 * s, 0.01 * s, 0.005 * s) | {"train/marginal_kl": 0.005 * s} for s in (50, 100)]
+    fig = plateau.figure({"a": rows, "b": rows})
+    assert len(fig.axes) == 4
+    info = fig.axes[0]
+    assert [line.get_label() for line in info.get_lines()] == ["KL", "I(x; z)", "KL(q(z) ‖ p(z))", "C"]
+    assert list(info.get_lines()[1].get_ydata()) == [0.25, 0.5]
+    assert list(fig.axes[1].get_lines()[0].get_ydata()) == [520.0, 470.0]
