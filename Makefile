@@ -23,7 +23,7 @@ DEPS := check-python
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help install check-python data train cv eval sweep plots bench reproduce plateau test test-slow test-all clean
+.PHONY: help install check-python data train cv eval sweep plots bench bench-gpu reproduce plateau test test-slow test-all clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -61,6 +61,9 @@ plots: $(DEPS)  ## write PNG figures of RUN next to it
 
 bench: $(DEPS)  ## throughput / memory benchmarks -> benchmarks/results/latest.json
 	$(PYTHON) benchmarks/run.py $(ARGS)
+
+bench-gpu:  ## the GPU check on a CUDA machine (benchmarks/gpu.sh): ARGS="--steps 3000 --dry-run"
+	bash benchmarks/gpu.sh $(if $(filter command line,$(origin PYTHON)),--python $(PYTHON)) $(ARGS)
 
 reproduce: $(DEPS)  ## train + evaluate the results table: BUDGET=cpu|full ARGS="--seeds 0,1,2 --jobs 2"
 	$(PYTHON) -m bcvae reproduce --budget $(BUDGET) $(ARGS)
