@@ -113,7 +113,7 @@ def heldout_terms(model: nn.Module, disc: nn.Module | None, data: FoldData, indi
             _accumulate(sums, terms, weight=len(idx))
             count += len(idx)
             if on_batch is not None:
-                on_batch(j, x)
+                on_batch(j, x, idx)
     model.train(was_training)
     return _mean_terms(sums, count, "val")
 
@@ -637,7 +637,9 @@ class Trainer:
         if self.tracker is None:
             return
         self.model.eval()
-        x = self.split.val.batch(np.arange(min(8, len(self.split.val))), self.device)
+        if getattr(self, "_shown", None) is None:  # fixed for the run: every shape, spread factors
+            self._shown = viz.display_sample(self.split.val.factors, min(8, len(self.split.val)), self.cfg.seed)
+        x = self.split.val.batch(self._shown, self.device)
         self.tracker.log_image("images/reconstruction", viz.reconstruction_grid(self.model, x), self.step,
                                caption="top: originals, bottom: reconstructions")
         kl = getattr(self, "_last_kl", None) or [0.0] * self.cfg.model.z_dim
@@ -659,10 +661,11 @@ class Trainer:
         cfg = self.cfg
         epoch = self.epoch if epoch is None else epoch
 
-        def log_images(j: int, x: torch.Tensor) -> None:
+        def log_images(j: int, x: torch.Tensor, idx: np.ndarray) -> None:
             if j % cfg.log.every_val_images == 0 and self.tracker is not None:
-                self.tracker.log_image("images/val_reconstruction", viz.reconstruction_grid(self.model, x[:8]),
-                                       self.step, caption=f"validation batch {j}")
+                shown = viz.display_sample(self.split.val.factors[idx], min(8, len(idx)), seed=j + 1)
+                self.tracker.log_image("images/val_reconstruction", viz.reconstruction_grid(self.model, x[shown]),
+                                       self.step, caption=f"validation batch {j}: every shape, spread factors")
 
         indices = validation_indices(len(self.split.val), cfg.train.val_batch_size, cfg.train.val_max_batches,
                                      cfg.data.fold_seed)

@@ -72,6 +72,36 @@ def image_grid(images: np.ndarray, ncols: int, pad: int = 2) -> np.ndarray:
     return (np.clip(grid, 0, 1) * 255).round().astype(np.uint8)
 
 
+def display_sample(factors: np.ndarray, n: int = 8, seed: int = 0) -> np.ndarray:
+    """Positions of ``n`` images that show the dataset: every shape, a spread of scales,
+    orientations and positions — not the first rows of a fold, which is stored sorted by
+    factors (all small squares at orientation 0 in the top-left corner).
+
+    ``factors``: ``(N, 6)`` latents_classes (color, shape, scale, orientation, posX, posY).
+    Image ``i`` has shape ``i mod 3`` and the scale, orientation and position closest to
+    evenly spread targets (the first: medium scale, centred, as a traversal's base image),
+    ties broken by a generator seeded with ``seed``. Returns ``(n,)`` int64 positions,
+    distinct while the data allow.
+    """
+    factors = np.asarray(factors)
+    rng = np.random.default_rng(seed)
+    sizes = np.array(FACTOR_SIZES)
+    taken = np.zeros(len(factors), bool)
+    picks = []
+    for i in range(n):
+        spread = (i * 0.618034 + 0.5) % 1.0 if i else 0.5      # golden-ratio spread; the first is central
+        target = np.array([0, i % 3, spread * (sizes[2] - 1), (i * 0.381966 % 1.0) * (sizes[3] - 1),
+                           ((spread + 0.37 * (i % 2)) % 1.0) * (sizes[4] - 1), (1 - spread) * (sizes[5] - 1)])
+        if i == 0:
+            target[3] = 0
+        cost = np.abs((factors[:, 2:] - target[2:]) / (sizes[2:] - 1)).sum(axis=1)
+        cost = cost + 10.0 * (factors[:, 1] != target[1]) + 100.0 * taken + 1e-6 * rng.random(len(factors))
+        best = int(np.argmin(cost))
+        taken[best] = True
+        picks.append(best)
+    return np.array(picks, dtype=np.int64)
+
+
 @torch.no_grad()
 def reconstructions(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
     """Decoder means for the posterior means of ``x``.
@@ -671,7 +701,8 @@ def _held_out_images(cfg: Config, n: int) -> tuple[np.ndarray, str]:
 
     if cache_path(cfg.data).exists():
         val = load_split(cfg.data).val
-        return val.images(np.arange(min(n, len(val)))), f"validation fold {cfg.data.fold}"
+        shown = display_sample(val.factors, min(n, len(val)), seed=cfg.seed)
+        return val.images(shown), f"validation fold {cfg.data.fold}"
     rng = np.random.default_rng(cfg.seed)
     classes = np.stack([rng.integers(0, size, n) for size in FACTOR_SIZES], axis=1)
     log.info("no fold cache at %s: plotting procedurally rendered images", cache_path(cfg.data))

@@ -307,3 +307,18 @@ def test_write_run_plots_writes_every_figure(smoke_run):
     z_dim = viz.n_latents(read_jsonl(smoke_run / "metrics.jsonl"))
     assert sorted(r["latent"] for r in summary["factor_table"]) == list(range(z_dim))
     assert summary["images"].startswith("validation fold")
+
+
+def test_display_sample_shows_the_dataset_not_the_first_sorted_rows():
+    from bcvae.data import all_latents_classes
+
+    factors = all_latents_classes()[::7]                 # sorted by factors, like a stored fold
+    shown = viz.display_sample(factors, 8, seed=0)
+    f = factors[shown]
+    assert len(set(shown.tolist())) == 8
+    assert set(f[:, 1]) == {0, 1, 2}                     # every shape
+    assert len(set(f[:, 2])) >= 4 and len(set(f[:, 3])) >= 6   # scales and orientations spread
+    assert np.ptp(f[:, 4]) >= 16 and np.ptp(f[:, 5]) >= 16     # positions spread over the image
+    assert abs(f[0, 4] - 15.5) <= 4 and abs(f[0, 5] - 15.5) <= 4   # the traversal base is central
+    np.testing.assert_array_equal(viz.display_sample(factors, 8, seed=0), shown)
+    assert not np.array_equal(np.arange(8), shown)
