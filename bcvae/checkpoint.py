@@ -9,6 +9,10 @@
   :class:`~bcvae.errors.CheckpointError` with one line naming the file.
 * RNG state: Python, NumPy, torch (and CUDA) generators are saved and restored,
   so a resumed run continues bit-for-bit.
+* Pretrained directories: weights, config, evaluation and sha256 of a finished run.
+* The low-level facts every command shares: the run-directory layout
+  (:func:`run_dir_for`), the device choice and rebuilding a model from a checkpoint
+  (:func:`load_model`), so figures and evaluation never reach into the trainer.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ import numpy as np
 import torch
 import yaml
 
-from bcvae.errors import CheckpointError
+from bcvae import config
+from bcvae.errors import CheckpointError, TrainingError
+from bcvae.model import VAE
 
 CHECKPOINT_VERSION = 1
 # What resuming reads from every checkpoint (FactorVAE runs also need "disc" and "disc_opt").
@@ -223,3 +229,42 @@ def load_pretrained(path: Path) -> dict:
     return {"model": state, "config": yaml.safe_load((path / "config.yaml").read_text()),
             "step": info["step"], "epoch": info["epoch"], "provenance": info.get("provenance"),
             "disc": None, "wandb_run_id": None, "pretrained": True}
+
+
+# ---------------------------------------------------------------- runs on disk, devices, models
+
+def run_dir_for(cfg: config.Config) -> Path:
+    """``<run_dir>/<name>/fold<k>``: the one place the run-directory layout is defined."""
+    return Path(cfg.run_dir) / cfg.name / f"fold{cfg.data.fold}"
+
+
+def pick_device(spec: str) -> torch.device:
+    """``train.device`` -> a torch device: ``auto`` is CUDA when present, else the CPU."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"train.device={spec!r} but CUDA is not available on this machine")
+    return torch.device(spec)
+
+
+def checkpoint_path(run: Path) -> Path:
+    """A run directory or a checkpoint file -> the checkpoint file; a ``pretrained/<experiment>``
+    directory stands for itself."""
+    if is_pretrained(run):
+        return run
+    return run / "checkpoint.pt" if run.is_dir() else run
+
+
+def load_model(ckpt_path: Path, device: torch.device | None = None) -> tuple[VAE, config.Config, dict]:
+    """Rebuild the VAE of a checkpoint or a pretrained directory; returns (model in eval
+    mode, its config, the checkpoint — for a pretrained directory, its checkpoint-like dict)."""
+    ckpt = load_pretrained(ckpt_path) if is_pretrained(ckpt_path) else load_checkpoint(ckpt_path)
+    if not isinstance(ckpt.get("config"), dict):
+        raise CheckpointError(f"{ckpt_path}: its 'config' entry is a {type(ckpt.get('config')).__name__}, "
+                              "not a mapping: not a bcvae checkpoint")
+    cfg = config.from_dict(ckpt["config"], source=f"{ckpt_path} (saved config)")
+    device = device or pick_device(cfg.train.device if cfg.train.device != "auto" else "auto")
+    model = VAE(cfg.model.z_dim, cfg.model.arch)
+    model.load_state_dict(ckpt["model"])
+    model.to(device, memory_format=torch.channels_last).eval()
+    return model, cfg, ckpt

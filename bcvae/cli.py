@@ -24,18 +24,8 @@ from bcvae.errors import ArgumentParser
 
 log = logging.getLogger("bcvae")
 
-EXPERIMENTS = Path("experiments")
 
-
-def experiment_path(exp: str) -> Path:
-    """``capacity25`` -> ``experiments/capacity25.yaml``; an existing path is used as is."""
-    path = Path(exp)
-    if path.suffix in (".yaml", ".yml") or path.is_file():
-        return path
-    return EXPERIMENTS / f"{exp}.yaml"
-
-
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> ArgumentParser:
     p = ArgumentParser(prog="bcvae", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     for name, text in (("train", "train (or resume) one fold"), ("cv", "train every fold, then summarise")):
@@ -127,7 +117,7 @@ def _dispatch(args) -> int:
     from bcvae import config
 
     if args.command in ("train", "cv"):
-        cfg = config.load(experiment_path(args.experiment), args.overrides)  # before torch: typos fail fast
+        cfg = config.load(config.experiment_path(args.experiment), args.overrides)  # before torch: typos fail fast
         from bcvae import train
 
         if args.command == "train":
@@ -166,7 +156,7 @@ def _data(args) -> int:
     from bcvae import config, data
 
     if args.data_command == "build":
-        cfg = config.load(experiment_path(args.experiment), args.overrides)
+        cfg = config.load(config.experiment_path(args.experiment), args.overrides)
         path = data.ensure_cache(cfg.data)
         print(f"fold cache ready: {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     elif args.data_command == "download":

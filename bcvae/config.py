@@ -199,6 +199,17 @@ RESUMABLE_CHANGES = (
 )
 
 
+EXPERIMENTS = Path("experiments")
+
+
+def experiment_path(exp: str) -> Path:
+    """``capacity25`` -> ``experiments/capacity25.yaml``; an existing path is used as is."""
+    path = Path(exp)
+    if path.suffix in (".yaml", ".yml") or path.is_file():
+        return path
+    return EXPERIMENTS / f"{exp}.yaml"
+
+
 def load(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     """Read one experiment YAML, apply ``key=value`` overrides, validate.
 

@@ -11,37 +11,92 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
+from torch import nn
 
 from bcvae import config, track
-from bcvae.checkpoint import export_pretrained, is_pretrained, load_checkpoint, load_pretrained, write_json
+from bcvae.checkpoint import checkpoint_path, export_pretrained, is_pretrained, load_checkpoint, load_model, write_json
 from bcvae.encode import encode_all, image_source, make_encode
 from bcvae.errors import CheckpointError, UsageError
+from bcvae.config import Config
+from bcvae.data import FoldData
+from bcvae.losses import vae_loss
 from bcvae.model import VAE
-from bcvae.train import flatten_scores, pick_device
 
 
-def checkpoint_path(run: Path) -> Path:
-    """A run directory or a checkpoint file -> the checkpoint file; a ``pretrained/<experiment>``
-    directory stands for itself."""
-    if is_pretrained(run):
-        return run
-    return run / "checkpoint.pt" if run.is_dir() else run
+# ---------------------------------------------------------------- held-out losses
+
+def mean_terms(sums: dict, count: int, prefix: str) -> dict[str, float]:
+    """Accumulated ``terms`` sums -> flat ``{prefix/key: mean}`` with per-latent KL expanded."""
+    out = {}
+    for key, total in sums.items():
+        value = total / count
+        if torch.is_tensor(value) and value.ndim == 1:
+            for i, v in enumerate(value.tolist()):
+                out[f"{prefix}/kl_dim/{i}"] = v
+        else:
+            out[f"{prefix}/{key}"] = float(value)
+    return out
 
 
-def load_model(ckpt_path: Path, device: torch.device | None = None) -> tuple[VAE, config.Config, dict]:
-    """Rebuild the VAE of a checkpoint or a pretrained directory; returns (model in eval
-    mode, its config, the checkpoint — for a pretrained directory, its checkpoint-like dict)."""
-    ckpt = load_pretrained(ckpt_path) if is_pretrained(ckpt_path) else load_checkpoint(ckpt_path)
-    if not isinstance(ckpt.get("config"), dict):
-        raise CheckpointError(f"{ckpt_path}: its 'config' entry is a {type(ckpt.get('config')).__name__}, "
-                              "not a mapping: not a bcvae checkpoint")
-    cfg = config.from_dict(ckpt["config"], source=f"{ckpt_path} (saved config)")
-    device = device or pick_device(cfg.train.device if cfg.train.device != "auto" else "auto")
-    model = VAE(cfg.model.z_dim, cfg.model.arch)
-    model.load_state_dict(ckpt["model"])
-    model.to(device, memory_format=torch.channels_last).eval()
-    return model, cfg, ckpt
+def accumulate(sums: dict, terms: dict, weight: int = 1) -> None:
+    """Add ``terms`` (tensors stay on their device: no host sync per step) times ``weight`` into ``sums``."""
+    for key, value in terms.items():
+        value = value.detach().float() if torch.is_tensor(value) else float(value)
+        sums[key] = sums.get(key, 0.0) + value * weight
+
+
+def validation_indices(n: int, batch_size: int, max_batches: int, seed: int) -> np.ndarray:
+    """Positions of the held-out images to validate on: all of them, or, when
+    ``max_batches`` limits it, a fixed random sample — the fold is stored sorted by
+    factors, so its first images would all be small squares."""
+    if not max_batches or max_batches * batch_size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).permutation(n)[: max_batches * batch_size])
+
+
+@torch.no_grad()
+def heldout_terms(model: nn.Module, disc: nn.Module | None, data: FoldData, indices: np.ndarray, cfg: Config,
+                  step: int, device: torch.device, *, seed: int, dataset_size: int,
+                  memory_format=torch.channels_last, on_batch=None) -> dict[str, float]:
+    """Loss terms of ``model`` averaged over ``data[indices]`` as ``{"val/<term>": value}``.
+
+    Runs under a forked RNG seeded with ``seed``, so it is reproducible and leaves
+    the caller's random stream untouched.
+    """
+    b = cfg.train.val_batch_size
+    was_training = model.training
+    model.eval()
+    sums, count = {}, 0
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for j, start in enumerate(range(0, len(indices), b)):
+            idx = indices[start:start + b]
+            x = data.batch(idx, device).contiguous(memory_format=memory_format)
+            logits, mu, logvar, z = model(x)
+            _, terms = vae_loss(cfg.loss, x, logits, mu, logvar, z, step, discriminator=disc,
+                                dataset_size=dataset_size)
+            accumulate(sums, terms, weight=len(idx))
+            count += len(idx)
+            if on_batch is not None:
+                on_batch(j, x, idx)
+    model.train(was_training)
+    return mean_terms(sums, count, "val")
+
+
+# ---------------------------------------------------------------- metrics
+
+def flatten_scores(scores: dict, prefix: str = "") -> dict[str, float]:
+    """``{"dci": {"disentanglement": .9}}`` -> ``{"dci/disentanglement": .9}`` (numbers only)."""
+    out = {}
+    for key, value in scores.items():
+        if isinstance(value, dict):
+            out.update(flatten_scores(value, f"{prefix}{key}/"))
+        elif isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
+            out[f"{prefix}{key}"] = float(value)
+    return out
 
 
 # Metrics whose default sizes touch most of the 737,280 images: encoding the whole
@@ -89,7 +144,6 @@ def model_heldout_loss(model: VAE, cfg: config.Config, ckpt: dict, seed: int = 0
 
     from bcvae.data import load_split
     from bcvae.model import Discriminator
-    from bcvae.train import heldout_terms
 
     device = next(model.parameters()).device
     disc = None
@@ -120,7 +174,7 @@ def main(args) -> dict:
     print(f"{'metric':<32}{'score':>10}")
     for key, value in scores.items():
         print(f"{key:<32}{value:>10.4f}")
-    print(f"seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result["seconds"].items()))
+    print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result["seconds"].items()))
     if is_pretrained(ckpt_path):  # the recorded eval.json stays as shipped; no W&B run to log to
         out = ckpt_path / "eval_rerun.json"
     else:

@@ -69,7 +69,8 @@ def evaluate_run(run_dir: Path, experiment: str, seed: int, budget: str, num_poi
     from bcvae import track, viz
     from bcvae.checkpoint import write_json
     from bcvae.encode import make_encode
-    from bcvae.evaluate import evaluate_model, load_model, model_heldout_loss
+    from bcvae.checkpoint import load_model
+    from bcvae.evaluate import evaluate_model, model_heldout_loss
 
     model, cfg, ckpt = load_model(run_dir / "checkpoint.pt")
     cached = run_dir / "results_row.json"

@@ -148,8 +148,7 @@ def _draw(p: dict, rng: np.random.Generator):
 
 def run_local(path: Path, count: int = 0, dry_run: bool = False) -> list[dict]:
     """Train every configuration of a sweep file locally, one after another."""
-    from bcvae import config, train
-    from bcvae.cli import experiment_path
+    from bcvae import config, train  # train imports torch: loaded only when a sweep runs
 
     spec = load_sweep(path)
     exp = experiment_of(spec, str(path))
@@ -159,7 +158,7 @@ def run_local(path: Path, count: int = 0, dry_run: bool = False) -> list[dict]:
     for i, params in enumerate(runs):
         overrides = [f"{k}={v}" for k, v in params.items()]
         try:
-            cfg = config.load(experiment_path(exp), overrides + [f"name={run_name(exp, path.stem, params)}"])
+            cfg = config.load(config.experiment_path(exp), overrides + [f"name={run_name(exp, path.stem, params)}"])
         except ConfigError as err:
             raise ConfigError(f"{path}: run {i + 1}/{len(runs)} ({' '.join(overrides)}): {err}") from None
         configs.append((params, overrides, cfg))

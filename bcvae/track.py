@@ -17,10 +17,13 @@ import netrc
 import os
 import secrets
 import string
+import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
+
+from bcvae.errors import RunFileError
 
 log = logging.getLogger("bcvae")
 
@@ -191,3 +194,106 @@ def read_jsonl(path: Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return rows
+
+
+# ---------------------------------------------------------------- reading a run's history back
+
+def merge_by_step(rows: Sequence[dict]) -> list[dict]:
+    """One row per step, sorted by step; a later value of a key at the same step wins.
+
+    The trainer logs training, validation and evaluation scalars in separate
+    calls that can share a step; a resumed W&B run may repeat steps.
+    """
+    merged: dict[int, dict] = {}
+    for row in rows:
+        step = int(row["step"])
+        merged.setdefault(step, {"step": step}).update(row)
+    return [merged[s] for s in sorted(merged)]
+
+
+def _wandb_payloads(path: Path) -> list[bytes]:
+    """Serialised records of a ``.wandb`` file (a LevelDB-style log of 32 KiB blocks)."""
+    block, header = 32768, struct.Struct("<IHB")  # per chunk: CRC32, length, type
+    data = Path(path).read_bytes()
+    if data[:4] != b":W&B":
+        raise RunFileError(f"{path} is not a W&B run file (it does not start with ':W&B')")
+    payloads, chunks, pos = [], [], 7  # file header: ':W&B', 2-byte magic, 1-byte version
+    while pos + header.size <= len(data):
+        left = block - pos % block
+        if left < header.size:  # too little room for a chunk header: the block is padded
+            pos += left
+            continue
+        _crc, length, kind = header.unpack_from(data, pos)
+        pos += header.size
+        if kind == 0 and length == 0:
+            pos += left - header.size
+            continue
+        if pos + length > len(data):  # a record torn by a kill: keep the complete ones before it
+            log.warning("%s ends in a torn record; reading the %d complete records before it", path, len(payloads))
+            break
+        chunks.append(data[pos:pos + length])
+        pos += length
+        if kind in (1, 4):  # FULL or LAST chunk completes a record
+            payloads.append(b"".join(chunks))
+            chunks = []
+    return payloads
+
+
+def wandb_run_files(path: Path) -> list[Path]:
+    """``.wandb`` files of a run directory, an offline W&B run directory or one file."""
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    files = sorted(path.glob("wandb/offline-run-*/run-*.wandb")) or sorted(path.glob("run-*.wandb"))
+    if not files:
+        raise FileNotFoundError(f"no offline W&B run file (run-*.wandb) under {path}")
+    return files
+
+
+def history_from_wandb(path: Path) -> list[dict]:
+    """Scalar history of an offline W&B run, as rows ``{"step": int, key: float}``.
+
+    ``path`` is a run directory (``runs/<exp>/fold<k>``), an ``offline-run-*``
+    directory or a ``run-*.wandb`` file. Images and other media are left out.
+    """
+    from google.protobuf.message import DecodeError
+    from wandb.proto import wandb_internal_pb2
+
+    rows = []
+    for file in wandb_run_files(path):
+        for payload in _wandb_payloads(file):
+            record = wandb_internal_pb2.Record()
+            try:
+                record.ParseFromString(payload)
+            except DecodeError:
+                raise RunFileError(f"{file} holds a record that is not a W&B record: a damaged run file") from None
+            if record.WhichOneof("record_type") != "history":
+                continue
+            items = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                     for item in record.history.item}
+            row = {k: v for k, v in items.items() if not k.startswith("_") and is_number(v)}
+            if "_step" in items and row:
+                rows.append({"step": int(items["_step"]), **row})
+    return merge_by_step(rows)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def load_history(path: Path, source: str = "auto") -> list[dict]:
+    """Logged scalars of a run, merged by step.
+
+    ``source``: ``"jsonl"`` (``metrics.jsonl``), ``"wandb"`` (the offline W&B run)
+    or ``"auto"`` (the JSONL log when present, else W&B). ``path`` is a run
+    directory or the log file itself.
+    """
+    path = Path(path)
+    if source not in ("auto", "jsonl", "wandb"):
+        raise ValueError(f"history source must be 'auto', 'jsonl' or 'wandb', got {source!r}")
+    jsonl = path if path.suffix == ".jsonl" else path / "metrics.jsonl"
+    if source == "jsonl" or (source == "auto" and jsonl.exists()):
+        if not jsonl.exists():
+            raise FileNotFoundError(f"no metrics log {jsonl}")
+        return merge_by_step(read_jsonl(jsonl))
+    return history_from_wandb(path)

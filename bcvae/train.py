@@ -32,6 +32,8 @@ from bcvae import config as config_mod
 from bcvae import track, viz
 from bcvae.checkpoint import (
     CHECKPOINT_VERSION,
+    pick_device,
+    run_dir_for,
     load_checkpoint,
     rng_state,
     save_checkpoint,
@@ -40,26 +42,14 @@ from bcvae.checkpoint import (
     write_json,
 )
 from bcvae.config import Config
-from bcvae.data import FoldData, epoch_order, load_all, load_split
+from bcvae.data import epoch_order, load_all, load_split
 from bcvae.encode import image_source, make_encode
+from bcvae.evaluate import accumulate, flatten_scores, heldout_terms, mean_terms, validation_indices
 from bcvae.errors import CheckpointError, Interrupted, TrainingError
 from bcvae.losses import discriminator_loss, vae_loss
 from bcvae.model import VAE, Discriminator
 
 log = logging.getLogger("bcvae")
-
-
-def run_dir_for(cfg: Config) -> Path:
-    """``<run_dir>/<name>/fold<k>``."""
-    return Path(cfg.run_dir) / cfg.name / f"fold{cfg.data.fold}"
-
-
-def pick_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if spec.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"train.device={spec!r} but CUDA is not available on this machine")
-    return torch.device(spec)
 
 
 def lr_at(train_cfg, epoch: int) -> float:
@@ -75,47 +65,6 @@ def lr_at(train_cfg, epoch: int) -> float:
 def sample_posterior(model: VAE, x: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
     """z ~ q(z|x), ``(B, 1, 64, 64)`` -> ``(B, D)``; ``eps`` ``(B, D)`` defaults to fresh noise."""
     return model.reparameterise(*model.encode(x), eps)
-
-
-# ---------------------------------------------------------------- validation
-
-def validation_indices(n: int, batch_size: int, max_batches: int, seed: int) -> np.ndarray:
-    """Positions of the held-out images to validate on: all of them, or, when
-    ``max_batches`` limits it, a fixed random sample — the fold is stored sorted by
-    factors, so its first images would all be small squares."""
-    if not max_batches or max_batches * batch_size >= n:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(seed).permutation(n)[: max_batches * batch_size])
-
-
-@torch.no_grad()
-def heldout_terms(model: nn.Module, disc: nn.Module | None, data: FoldData, indices: np.ndarray, cfg: Config,
-                  step: int, device: torch.device, *, seed: int, dataset_size: int,
-                  memory_format=torch.channels_last, on_batch=None) -> dict[str, float]:
-    """Loss terms of ``model`` averaged over ``data[indices]`` as ``{"val/<term>": value}``.
-
-    Runs under a forked RNG seeded with ``seed``, so it is reproducible and leaves
-    the caller's random stream untouched.
-    """
-    b = cfg.train.val_batch_size
-    was_training = model.training
-    model.eval()
-    sums, count = {}, 0
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for j, start in enumerate(range(0, len(indices), b)):
-            idx = indices[start:start + b]
-            x = data.batch(idx, device).contiguous(memory_format=memory_format)
-            logits, mu, logvar, z = model(x)
-            _, terms = vae_loss(cfg.loss, x, logits, mu, logvar, z, step, discriminator=disc,
-                                dataset_size=dataset_size)
-            _accumulate(sums, terms, weight=len(idx))
-            count += len(idx)
-            if on_batch is not None:
-                on_batch(j, x, idx)
-    model.train(was_training)
-    return _mean_terms(sums, count, "val")
 
 
 # ---------------------------------------------------------------- distributed
@@ -170,25 +119,6 @@ def _adam(params, lr: float, betas: tuple[float, float]) -> torch.optim.Optimize
     params = list(params)
     fused = params[0].device.type in ("cpu", "cuda")
     return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused)
-
-
-def _mean_terms(sums: dict, count: int, prefix: str) -> dict[str, float]:
-    """Accumulated ``terms`` sums -> flat ``{prefix/key: mean}`` with per-latent KL expanded."""
-    out = {}
-    for key, total in sums.items():
-        value = total / count
-        if torch.is_tensor(value) and value.ndim == 1:
-            for i, v in enumerate(value.tolist()):
-                out[f"{prefix}/kl_dim/{i}"] = v
-        else:
-            out[f"{prefix}/{key}"] = float(value)
-    return out
-
-
-def _accumulate(sums: dict, terms: dict, weight: int = 1) -> None:
-    for key, value in terms.items():
-        value = value.detach().float() if torch.is_tensor(value) else float(value)
-        sums[key] = sums.get(key, 0.0) + value * weight
 
 
 class Trainer:
@@ -564,7 +494,7 @@ class Trainer:
                 self._interrupt()
             x = train.batch(self._batch_indices(order, i), self.device).contiguous(memory_format=self.memory_format)
             x_other = None if other is None else train.batch(self._batch_indices(other, i), self.device)
-            _accumulate(sums, self._guarded_step(x, x_other))
+            accumulate(sums, self._guarded_step(x, x_other))
             self.step, self.step_in_epoch, count = self.step + 1, i + 1, count + 1
             bar.update(1)
             if self.step % cfg.log.every_train == 0:
@@ -610,7 +540,7 @@ class Trainer:
         return {k: part.reshape(torch.as_tensor(sums[k]).shape) for k, part in zip(keys, parts)}
 
     def _log_train(self, sums: dict, count: int, tic: float, bar) -> None:
-        values = _mean_terms(self._mean_over_ranks(sums), count, "train")
+        values = mean_terms(self._mean_over_ranks(sums), count, "train")
         if not math.isfinite(values["train/loss"]):
             raise TrainingError(
                 f"non-finite training loss ({values['train/loss']}) within steps {self.step - count + 1}..{self.step} "
@@ -692,7 +622,7 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train to the configured budget; returns the final summary (also in ``summary.json``)."""
-        cfg, exit_code = self.cfg, 1
+        exit_code = 1
         try:
             with self._signals():
                 summary = self._fit()
@@ -800,17 +730,6 @@ def _read_json(path: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return value if isinstance(value, dict) else None
-
-
-def flatten_scores(scores: dict, prefix: str = "") -> dict[str, float]:
-    """``{"dci": {"disentanglement": .9}}`` -> ``{"dci/disentanglement": .9}`` (numbers only)."""
-    out = {}
-    for key, value in scores.items():
-        if isinstance(value, dict):
-            out.update(flatten_scores(value, f"{prefix}{key}/"))
-        elif isinstance(value, (int, float, np.floating, np.integer)) and not isinstance(value, bool):
-            out[f"{prefix}{key}"] = float(value)
-    return out
 
 
 def train(cfg: Config, *, fresh: bool = False, group: str | None = None) -> dict:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import struct
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,9 @@ from typing import TYPE_CHECKING, Callable, Sequence
 import numpy as np
 import torch
 
+from bcvae.checkpoint import checkpoint_path, load_model
 from bcvae.data import FACTOR_NAMES, FACTOR_SIZES, latents_values, render_dsprites
-from bcvae.errors import RunFileError
+from bcvae.track import is_number, load_history
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -161,112 +161,9 @@ def write_traversal_gif(frames: np.ndarray, path: Path, duration_ms: int = 120) 
 
 # ================================================================ history: JSONL or W&B
 
-def merge_by_step(rows: Sequence[dict]) -> list[dict]:
-    """One row per step, sorted by step; a later value of a key at the same step wins.
-
-    The trainer logs training, validation and evaluation scalars in separate
-    calls that can share a step; a resumed W&B run may repeat steps.
-    """
-    merged: dict[int, dict] = {}
-    for row in rows:
-        step = int(row["step"])
-        merged.setdefault(step, {"step": step}).update(row)
-    return [merged[s] for s in sorted(merged)]
-
-
-def _wandb_payloads(path: Path) -> list[bytes]:
-    """Serialised records of a ``.wandb`` file (a LevelDB-style log of 32 KiB blocks)."""
-    block, header = 32768, struct.Struct("<IHB")  # per chunk: CRC32, length, type
-    data = Path(path).read_bytes()
-    if data[:4] != b":W&B":
-        raise RunFileError(f"{path} is not a W&B run file (it does not start with ':W&B')")
-    payloads, chunks, pos = [], [], 7  # file header: ':W&B', 2-byte magic, 1-byte version
-    while pos + header.size <= len(data):
-        left = block - pos % block
-        if left < header.size:  # too little room for a chunk header: the block is padded
-            pos += left
-            continue
-        _crc, length, kind = header.unpack_from(data, pos)
-        pos += header.size
-        if kind == 0 and length == 0:
-            pos += left - header.size
-            continue
-        if pos + length > len(data):  # a record torn by a kill: keep the complete ones before it
-            log.warning("%s ends in a torn record; reading the %d complete records before it", path, len(payloads))
-            break
-        chunks.append(data[pos:pos + length])
-        pos += length
-        if kind in (1, 4):  # FULL or LAST chunk completes a record
-            payloads.append(b"".join(chunks))
-            chunks = []
-    return payloads
-
-
-def wandb_run_files(path: Path) -> list[Path]:
-    """``.wandb`` files of a run directory, an offline W&B run directory or one file."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    files = sorted(path.glob("wandb/offline-run-*/run-*.wandb")) or sorted(path.glob("run-*.wandb"))
-    if not files:
-        raise FileNotFoundError(f"no offline W&B run file (run-*.wandb) under {path}")
-    return files
-
-
-def history_from_wandb(path: Path) -> list[dict]:
-    """Scalar history of an offline W&B run, as rows ``{"step": int, key: float}``.
-
-    ``path`` is a run directory (``runs/<exp>/fold<k>``), an ``offline-run-*``
-    directory or a ``run-*.wandb`` file. Images and other media are left out.
-    """
-    from google.protobuf.message import DecodeError
-    from wandb.proto import wandb_internal_pb2
-
-    rows = []
-    for file in wandb_run_files(path):
-        for payload in _wandb_payloads(file):
-            record = wandb_internal_pb2.Record()
-            try:
-                record.ParseFromString(payload)
-            except DecodeError:
-                raise RunFileError(f"{file} holds a record that is not a W&B record: a damaged run file") from None
-            if record.WhichOneof("record_type") != "history":
-                continue
-            items = {item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                     for item in record.history.item}
-            row = {k: v for k, v in items.items() if not k.startswith("_") and _is_number(v)}
-            if "_step" in items and row:
-                rows.append({"step": int(items["_step"]), **row})
-    return merge_by_step(rows)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def load_history(path: Path, source: str = "auto") -> list[dict]:
-    """Logged scalars of a run, merged by step.
-
-    ``source``: ``"jsonl"`` (``metrics.jsonl``), ``"wandb"`` (the offline W&B run)
-    or ``"auto"`` (the JSONL log when present, else W&B). ``path`` is a run
-    directory or the log file itself.
-    """
-    from bcvae.track import read_jsonl
-
-    path = Path(path)
-    if source not in ("auto", "jsonl", "wandb"):
-        raise ValueError(f"history source must be 'auto', 'jsonl' or 'wandb', got {source!r}")
-    jsonl = path if path.suffix == ".jsonl" else path / "metrics.jsonl"
-    if source == "jsonl" or (source == "auto" and jsonl.exists()):
-        if not jsonl.exists():
-            raise FileNotFoundError(f"no metrics log {jsonl}")
-        return merge_by_step(read_jsonl(jsonl))
-    return history_from_wandb(path)
-
-
 def series(rows: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     """``(steps, values)`` of every row that has ``key``."""
-    pairs = [(r["step"], r[key]) for r in rows if _is_number(r.get(key))]
+    pairs = [(r["step"], r[key]) for r in rows if is_number(r.get(key))]
     steps, values = zip(*pairs) if pairs else ((), ())
     return np.asarray(steps, np.int64), np.asarray(values, np.float64)
 
@@ -684,8 +581,6 @@ def load_run(run_dir: Path, n_images: int = 256, history: str = "auto") -> Run:
     cache exists (never training data); otherwise (cache moved or deleted) they
     are rendered procedurally from a seeded sample of factors.
     """
-    from bcvae.evaluate import checkpoint_path, load_model
-
     run_dir = Path(run_dir)
     model, cfg, ckpt = load_model(checkpoint_path(run_dir))
     rows = load_history(run_dir, history)

@@ -5,13 +5,11 @@ Each case drives the real entry point (``python -m bcvae``) and checks nothing w
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
-import yaml
 
-from bcvae import checkpoint, cli
+from bcvae import cli
 from conftest import ROOT
 from test_reliability import (  # noqa: F401  (fixtures)
     SMOKE,

@@ -12,7 +12,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from bcvae import viz
+from bcvae import track, viz
 from bcvae.data import FACTOR_NAMES, FACTOR_SIZES, render_dsprites
 from bcvae.errors import RunFileError
 from bcvae.model import VAE
@@ -141,7 +141,7 @@ def test_kl_emergence_figure_draws_each_latent_total_and_capacity():
 def test_loss_curves_figure_has_train_and_validation_per_term():
     rows = [{"step": s, "train/loss": 100.0 / s, "train/rec": 90.0 / s, "train/kl": 1.0 + s} for s in (1, 2, 3, 4)]
     rows += [{"step": s, "val/loss": 110.0 / s, "val/rec": 95.0 / s, "val/kl": 0.5 * s} for s in (2, 4)]
-    fig = viz.loss_curves_figure(viz.merge_by_step(rows))
+    fig = viz.loss_curves_figure(track.merge_by_step(rows))
     assert len(fig.axes) == 3
     for ax, term in zip(fig.axes, ("loss", "rec", "kl")):
         assert [line.get_label() for line in ax.get_lines()] == ["train", "val"]
@@ -196,7 +196,7 @@ def test_switch_on_order_follows_first_crossing_of_one_bit():
 
 def test_history_merges_rows_sharing_a_step():
     rows = [{"step": 5, "train/loss": 1.0}, {"step": 5, "val/loss": 2.0}, {"step": 1, "train/loss": 3.0}]
-    assert viz.merge_by_step(rows) == [{"step": 1, "train/loss": 3.0},
+    assert track.merge_by_step(rows) == [{"step": 1, "train/loss": 3.0},
                                        {"step": 5, "train/loss": 1.0, "val/loss": 2.0}]
     with pytest.raises(ValueError, match="history source"):
         viz.load_history("anywhere", source="tensorboard")
@@ -207,9 +207,9 @@ def test_non_wandb_file_is_refused_with_its_name(tmp_path):
     bad = tmp_path / "run-x.wandb"
     bad.write_bytes(b"not a record file")
     with pytest.raises(RunFileError, match="run-x.wandb"):
-        viz.history_from_wandb(bad)
+        track.history_from_wandb(bad)
     with pytest.raises(FileNotFoundError, match="no offline W&B run"):
-        viz.history_from_wandb(tmp_path / "empty")
+        track.history_from_wandb(tmp_path / "empty")
 
 
 # ------------------------------------------------------------------ latents vs factors
@@ -285,7 +285,7 @@ def test_latent_factor_figure_has_one_axes_per_latent_and_factor():
 
 def test_wandb_history_matches_the_jsonl_log(smoke_run):
     local = viz.load_history(smoke_run, "jsonl")
-    remote = viz.history_from_wandb(smoke_run)
+    remote = track.history_from_wandb(smoke_run)
     assert remote, "no history read back from the offline W&B run"
     for key in ("train/loss", "train/C", "val/kl", "train/kl_dim/0"):
         steps_l, values_l = viz.series(local, key)
