@@ -118,10 +118,20 @@ def seed_everything(seed: int) -> None:
 
 def write_json(path: Path, obj) -> None:
     """Atomic JSON write (numpy scalars converted)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``:
+    a reader (or a kill) never sees half a file. The one atomic-write helper for text."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _json_default(obj):
@@ -234,8 +244,13 @@ def load_pretrained(path: Path) -> dict:
 # ---------------------------------------------------------------- runs on disk, devices, models
 
 def run_dir_for(cfg: config.Config) -> Path:
+    """``<run_dir>/<name>/fold<k>`` of a config (see :func:`run_path`)."""
+    return run_path(cfg.run_dir, cfg.name, cfg.data.fold)
+
+
+def run_path(run_dir: str | Path, name: str, fold: int) -> Path:
     """``<run_dir>/<name>/fold<k>``: the one place the run-directory layout is defined."""
-    return Path(cfg.run_dir) / cfg.name / f"fold{cfg.data.fold}"
+    return Path(run_dir) / name / f"fold{fold}"
 
 
 def pick_device(spec: str) -> torch.device:

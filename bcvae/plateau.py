@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bcvae.checkpoint import run_path
 from bcvae.errors import ArgumentParser
 from bcvae.reproduce import parse_seeds, train_one
 
@@ -161,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = Path.cwd()
     jobs = [(k, s) for k in keys for s in seeds]
-    run_dirs = [root / "runs" / run_name(k, s) / "fold0" for k, s in jobs]
+    run_dirs = [run_path(root / "runs", run_name(k, s), 0) for k, s in jobs]
     if not args.no_train:
         threads = 1 if args.jobs > 1 else (os.cpu_count() or 1)
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -184,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.figure:
         wanted = [tuple(item.split(":")) for item in args.figure.split(",") if item]
-        histories = {f"{ROWS[k][0]}, seed {s}": track.read_jsonl(root / "runs" / run_name(k, int(s)) / "fold0" / "metrics.jsonl")
+        histories = {f"{ROWS[k][0]}, seed {s}":
+                     track.read_jsonl(run_path(root / "runs", run_name(k, int(s)), 0) / "metrics.jsonl")
                      for k, s in wanted}
         figure(histories).savefig(out / "plateau.png", dpi=100)
         print(f"wrote {out / 'plateau.png'}")

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bcvae import config
+from bcvae.checkpoint import run_path
 from bcvae.errors import ArgumentParser, TrainingError
 
 log = logging.getLogger("bcvae")
@@ -53,11 +54,11 @@ def train_one(experiment: str, seed: int, *, threads: int, overrides: list[str],
         last = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise TrainingError(f"training {name} failed (exit {proc.returncode}): {last}")
     log.info("trained %s in %.1f min", name, (time.perf_counter() - tic) / 60)
-    run_dir = root / "runs" / name / "fold0"
+    run_dir = root / "runs"
     for o in overrides:
         if o.startswith("run_dir="):
-            run_dir = Path(o.split("=", 1)[1]) / name / "fold0"
-    return run_dir
+            run_dir = Path(o.split("=", 1)[1])
+    return run_path(run_dir, name, 0)
 
 
 def evaluate_run(run_dir: Path, experiment: str, seed: int, budget: str, num_points: int) -> dict:
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(e, s) for e in experiments for s in seeds]
     threads = 1 if args.jobs > 1 else (os.cpu_count() or 1)
     if args.no_train:
-        run_dirs = [root / "runs" / run_name(e, s) / "fold0" for e, s in jobs]
+        run_dirs = [run_path(root / "runs", run_name(e, s), 0) for e, s in jobs]
         missing = [str(d) for d in run_dirs if not (d / "checkpoint.pt").is_file()]
         if missing:
             p.error(f"--no-train: no trained run at {', '.join(missing[:3])}"

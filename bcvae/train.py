@@ -40,6 +40,7 @@ from bcvae.checkpoint import (
     seed_everything,
     set_rng_state,
     write_json,
+    write_text_atomic,
 )
 from bcvae.config import Config
 from bcvae.data import epoch_order, load_all, load_split
@@ -333,9 +334,7 @@ class Trainer:
         path = self.dir / "metrics.jsonl"
         if path.exists():
             rows = [r for r in track.read_jsonl(path) if r.get("step", 0) <= step]
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-            os.replace(tmp, path)
+            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
 
     def _checkpoint(self) -> None:
         """Rank 0 writes; every process waits for it, so none exits (and has torchrun stop rank 0) mid-write."""

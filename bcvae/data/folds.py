@@ -50,13 +50,14 @@ from bcvae.data.render import (
     render_full_dataset,
 )
 
+from bcvae.config import SOURCES
+
 if TYPE_CHECKING:
     from bcvae.config import DataConfig
 
 log = logging.getLogger("bcvae")
 
 CACHE_VERSION = 2  # bump when the file layout or the fold assignment changes (2: per-fold sha256)
-SOURCES = ("auto", "dsprites", "procedural")
 PACKED_BYTES = 64 * 64 // 8  # one image = 4096 pixels = 512 bytes bit-packed
 WRITE_BLOCK_ROWS = 65_536  # images written per h5py call (bounds temporary copies)
 
