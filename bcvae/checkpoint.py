@@ -129,6 +129,9 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         tmp.write_text(text)
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise OSError(err.errno, f"{err.strerror} while writing {path}") from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -133,8 +133,11 @@ class Tracker:
     def log(self, metrics: dict[str, Any], step: int) -> None:
         """Append ``metrics`` at global ``step`` to the JSONL log and to W&B."""
         scalars = {k: _to_float(v) for k, v in metrics.items()}
-        with self.jsonl_path.open("a") as f:
-            f.write(json.dumps({"step": int(step), **scalars}) + "\n")
+        try:
+            with self.jsonl_path.open("a") as f:
+                f.write(json.dumps({"step": int(step), **scalars}) + "\n")
+        except OSError as err:  # a bare "[Errno 28] No space left on device" would not say where
+            raise OSError(err.errno, f"{err.strerror} while appending to {self.jsonl_path}") from err
         if self.run is not None:
             self._safe(lambda: self.run.log(scalars, step=int(step)))
 

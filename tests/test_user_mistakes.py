@@ -156,3 +156,32 @@ def test_a_genuine_bug_prints_its_traceback_and_says_so(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "Traceback" in err and "ZeroDivisionError" in err
     assert err.strip().splitlines()[-1].startswith("internal error: this is a bug in bcvae")
+
+
+def test_a_full_disk_while_logging_names_the_file(tmp_path, capsys):
+    # /dev/full behind the log's name: every append fails with ENOSPC (the trainer never reads
+    # it back within this test: reading /dev/full never ends).
+    from bcvae.track import Tracker
+
+    tracker = Tracker(tmp_path, {}, name="x", group=None, mode="disabled")
+    tracker.jsonl_path.symlink_to("/dev/full")
+    with pytest.raises(OSError) as err:
+        tracker.log({"train/loss": 1.0}, step=1)
+    assert err.value.errno == 28 and str(tracker.jsonl_path) in str(err.value)
+
+    def full(argv):
+        raise err.value
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(cli, "_route", full):
+        assert cli.main(["train", "smoke"]) == 1
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "No space left on device while appending to" in line and line.endswith(str(tracker.jsonl_path))
+
+
+def test_eval_says_what_it_is_doing(copied_run):
+    proc = run("eval", str(run_dir(copied_run)), "--metrics", "mig,sap", "--num-points", "500", "--no-wandb")
+    assert proc.returncode == 0, proc.stderr
+    for stage in ("sampling 500 + 250 points", "metric mig done in", "metric sap done in"):
+        assert stage in proc.stderr, proc.stderr
