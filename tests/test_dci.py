@@ -22,8 +22,8 @@ N_TRAIN, N_TEST = 1000, 500
 KEYS = ("disentanglement", "completeness", "informativeness")
 
 
-def known_codes(kind: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Codes ``(N, D)`` of a known structure and the dSprites classes ``(N, 6)`` they encode.
+def known_codes(kind: str, n: int = N_TRAIN + N_TEST, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Codes ``(n, 8)`` of a known structure and the dSprites classes ``(n, 6)`` they encode.
 
     perfect: each factor in its own dimension, jittered within its class (every value distinct,
     classes never overlap), plus three noise dimensions; rotated: the five scaled factors times a
@@ -31,10 +31,10 @@ def known_codes(kind: str, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     posY mixed pairwise, plus noise; random: noise only.
     """
     rng = np.random.default_rng(seed)
-    classes = metrics.sample_factors(N_TRAIN + N_TEST, rng)
+    classes = metrics.sample_factors(n, rng)
     f = classes[:, 1:].astype(float)
     scaled = f / SIZES
-    noise = rng.normal(size=(len(f), 3))
+    noise = rng.normal(size=(n, 3))
     if kind == "perfect":
         signal = f + rng.uniform(-0.3, 0.3, size=f.shape)
     elif kind == "rotated":
@@ -52,17 +52,19 @@ def both(codes: np.ndarray, classes: np.ndarray) -> tuple[dict, dict]:
     return metrics.dci(codes, classes, model="gbt", **kwargs), metrics.dci(codes, classes, **kwargs)
 
 
-def test_dci_default_scores_a_perfect_code_one_like_the_exact_classifier():
-    exact, default = both(*known_codes("perfect"))
-    for key in ("disentanglement", "completeness"):
-        assert exact[key] == pytest.approx(1.0, abs=0.005), key  # the reference itself knows the answer
-        assert default[key] == pytest.approx(1.0, abs=0.005), key
-    for key in KEYS:
-        assert default[key] == pytest.approx(exact[key], abs=0.01), key
+def test_dci_default_scores_a_perfect_code_one():
+    # 3,000 points, as the other ground-truth tests: at 1,000 training points even the exact
+    # classifier leaks 0.005 of the importance to noise dimensions (0.996 and 0.995). On this
+    # code it scores 1.000 and 0.9997; quantile-binned histogram boosting scored 0.966 and 0.959.
+    out = metrics.dci(*known_codes("perfect", n=3000))
+    assert out["disentanglement"] == pytest.approx(1.0, abs=0.005)
+    assert out["completeness"] == pytest.approx(1.0, abs=0.005)
 
 
-@pytest.mark.parametrize("kind", ["rotated", "partial", "random"])
+@pytest.mark.slow  # 20-28 s of one core each, nearly all of it the exact classifier
+@pytest.mark.parametrize("kind", ["perfect", "rotated", "partial", "random"])
 def test_dci_default_matches_the_exact_classifier(kind):
+    # Measured within 0.004 (D, C, informativeness) here and at 10,000 / 5,000 points.
     exact, default = both(*known_codes(kind))
     for key in KEYS:
         assert default[key] == pytest.approx(exact[key], abs=0.01), key

@@ -392,7 +392,7 @@ def test_dci_drops_by_the_derived_amount_when_one_dimension_mixes_two_factors():
     # (D_j = 1 - log_5 2) and the two hold 2 of the 5 units of importance:
     # D = 3/5 + 2/5 (1 - log_5 2) = 0.828 (1 for the ground truth). The posX/posY
     # classifiers (accuracy ~0.9) leak a little importance to unrelated codes,
-    # which can only lower D: measured 0.816 at disentanglement_lib's 10,000 points.
+    # which can only lower D: measured 0.813 at disentanglement_lib's 10,000 points.
     classes = sampled(15_000)
     x, y = classes[:, 4], classes[:, 5]
     mixed = np.stack([classes[:, 1], classes[:, 2], classes[:, 3], x + y, x - y], 1).astype(float)
@@ -410,4 +410,4 @@ def test_dci_hist_stays_close_to_exact_gbt_on_a_mixed_representation():
                       f[:, 1] ** 2, rng.normal(size=3000)], 1) + 0.05 * rng.normal(size=(3000, 6))
     exact, fast = metrics.dci(codes, classes, model="gbt"), metrics.dci(codes, classes, model="hist")
     for key in ("disentanglement", "completeness", "informativeness"):
-        assert fast[key] == pytest.approx(exact[key], abs=0.05), key
+        assert fast[key] == pytest.approx(exact[key], abs=0.01), key  # measured within 0.004
