@@ -274,13 +274,15 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def resume_conflicts(saved: dict, current: Config) -> list[str]:
-    """Keys whose values differ between a checkpoint's config and ``current``,
-    excluding those allowed to change on resume (budgets, logging, device)."""
-    old, new = flatten(saved), flatten(to_dict(current))
-    # A key newer than the checkpoint is no conflict while it keeps its default,
+def resume_conflicts(saved: dict, current: Config | dict) -> list[str]:
+    """Keys whose values differ between a checkpoint's config and ``current`` (a Config, or
+    a nested dict such as a run's ``config.yaml``), excluding those allowed to change on
+    resume (budgets, logging, device), as ``"key: old -> new"``."""
+    current = to_dict(current) if isinstance(current, Config) else current
+    # A key newer than either side is no difference while it keeps its default,
     # which reproduces the behaviour the run was trained with.
-    old.update({k: v for k, v in flatten(to_dict(Config())).items() if k not in old})
+    defaults = flatten(to_dict(Config()))
+    old, new = ({**defaults, **flatten(side)} for side in (saved, current))
     keys = sorted(set(old) | set(new))
     return [
         f"{k}: {old.get(k)!r} -> {new.get(k)!r}"

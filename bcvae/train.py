@@ -320,9 +320,7 @@ class Trainer:
         if not isinstance(record, dict):
             raise config_mod.ConfigError(f"{path} is not a readable config; delete it (it is rewritten "
                                          "from the checkpoint's config) and run again")
-        old, new = config_mod.flatten(trained), config_mod.flatten(record)
-        edited = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-                  if old.get(k) != new.get(k) and not k.startswith(config_mod.RESUMABLE_CHANGES)]
+        edited = config_mod.resume_conflicts(trained, record)
         if edited:
             raise config_mod.ConfigError(
                 f"{path} was edited ({'; '.join(edited[:5])}) but the run's checkpoint was trained with the "
