@@ -300,9 +300,7 @@ class Trainer:
         self.run_id = ckpt.get("wandb_run_id")
         set_rng_state(ckpt["rng"])
         if self.rank == 0:
-            self._truncate_log(self.step)
-            log_path = self.dir / "metrics.jsonl"
-            rows = track.read_jsonl(log_path) if log_path.exists() else []
+            rows = self._truncate_log(self.step)
             self.max_overshoot = max((r["train/overshoot"] for r in rows if "train/overshoot" in r),
                                      default=-math.inf)
         log.info("resuming %s at step %d (epoch %d)", self.ckpt_path, self.step, self.epoch)
@@ -327,12 +325,15 @@ class Trainer:
                 "old values: a run's config.yaml is a record, not an input. Undo the edit (or delete the file), "
                 "and change the experiment file or pass key=value overrides with --fresh instead")
 
-    def _truncate_log(self, step: int) -> None:
-        """Drop log rows written after the checkpoint, so a resumed run's log has no duplicates."""
+    def _truncate_log(self, step: int) -> list[dict]:
+        """Drop log rows written after the checkpoint, so a resumed run's log has no duplicates;
+        returns the rows kept."""
         path = self.dir / "metrics.jsonl"
-        if path.exists():
-            rows = [r for r in track.read_jsonl(path) if r.get("step", 0) <= step]
-            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+        if not path.exists():
+            return []
+        rows = [r for r in track.read_jsonl(path) if r.get("step", 0) <= step]
+        write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in rows))
+        return rows
 
     def _checkpoint(self) -> None:
         """Rank 0 writes; every process waits for it, so none exits (and has torchrun stop rank 0) mid-write."""
