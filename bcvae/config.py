@@ -33,7 +33,9 @@ SEED_MAX = 2**32 - 1
 """Largest seed every generator the run seeds accepts (NumPy's legacy seed is 32-bit)."""
 ACTIVATION_BYTES = {"burgess": 0.8e6, "original": 4.5e6}
 """Peak memory of one training image's forward and backward pass, measured on CPU (float32)."""
-RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.,=+-]*")
+RUN_NAME_CHARS = "A-Za-z0-9_.,=+-"
+"""The characters of a run name (a regular-expression class body)."""
+RUN_NAME = re.compile(f"[A-Za-z0-9_][{RUN_NAME_CHARS}]*")
 """A run name is one directory name under run_dir: no separators, no leading dot."""
 
 
@@ -210,6 +212,21 @@ def experiment_path(exp: str) -> Path:
     return EXPERIMENTS / f"{exp}.yaml"
 
 
+def read_yaml(path: Path) -> Any:
+    """The YAML document in ``path`` (experiment or sweep file); a file that is not UTF-8 or
+    not YAML raises :class:`ConfigError` in one line naming the file (and the line)."""
+    try:
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.object[err.start:err.start + 1]!r}); "
+                          "save it as UTF-8") from None
+    except yaml.YAMLError as err:
+        # str(err) spans several lines and names "<unicode string>": keep one line naming the file.
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+
+
 def load(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     """Read one experiment YAML, apply ``key=value`` overrides, validate.
 
@@ -224,16 +241,7 @@ def load(path: str | Path, overrides: Iterable[str] = ()) -> Config:
         available = sorted(p.stem for p in path.parent.glob("*.yaml")) if path.parent.is_dir() else []
         hint = f" (available: {', '.join(available)})" if available else ""
         raise ConfigError(f"{path}: experiment file not found{hint}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except UnicodeDecodeError as err:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {err.start}: {err.object[err.start:err.start + 1]!r}); "
-                          "save the experiment file as UTF-8") from None
-    except yaml.YAMLError as err:
-        # str(err) spans several lines and names "<unicode string>": keep one line naming the file.
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: must be a mapping of keys to values, got {type(raw).__name__}")
     cfg = Config(name=path.stem)

@@ -17,9 +17,8 @@ import re
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from bcvae.config import ConfigError
+from bcvae.config import RUN_NAME_CHARS, ConfigError, read_yaml
 
 log = logging.getLogger("bcvae")
 
@@ -41,14 +40,7 @@ def load_sweep(path: Path) -> dict:
     """Read and validate a sweep file against the W&B sweep configuration schema."""
     if not path.is_file():
         raise ConfigError(f"{path}: sweep file not found")
-    try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text; save the sweep file as UTF-8") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(err, 'problem', None) or err}") from None
+    spec = read_yaml(path)
     validate_sweep(spec, str(path))
     return spec
 
@@ -176,4 +168,4 @@ def run_name(exp: str, sweep: str, params: dict) -> str:
     """``<experiment>-<sweep>-<key><value>...``, every character outside ``[A-Za-z0-9_.,=+-]``
     replaced by ``_``: a value such as ``a/b`` never makes a nested run directory."""
     tag = "-".join(f"{k.split('.')[-1]}{v}" for k, v in params.items())
-    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", f"{exp}-{sweep}-{tag}")
+    return re.sub(f"[^{RUN_NAME_CHARS}]", "_", f"{exp}-{sweep}-{tag}")
