@@ -26,7 +26,9 @@ SOURCES = ("auto", "dsprites", "procedural")
 ARCHS = ("burgess", "original")
 KL_SCALES = ("none", "batch_over_n")
 METRICS = ("mig", "sap", "dci", "beta_vae", "factor_vae")
-"""Disentanglement metrics (bcvae.metrics); ``bcvae eval`` also offers ``mig_full_grid``."""
+"""Disentanglement metrics (bcvae.metrics), the choices of ``eval.metrics``."""
+EVAL_METRICS = (*METRICS, "mig_full_grid")
+"""What ``bcvae eval`` and ``metrics.evaluate`` compute: also Chen et al.'s MIG over every posterior."""
 DSPRITES_IMAGES = 737_280
 """Images in dSprites: 3 shapes × 6 scales × 40 orientations × 32 × 32 positions (bcvae.data checks it)."""
 SEED_MAX = 2**32 - 1

@@ -160,7 +160,7 @@ def model_heldout_loss(model: VAE, cfg: config.Config, ckpt: dict, seed: int = 0
 
 def main(args) -> dict:
     names = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    known = (*config.METRICS, "mig_full_grid")
+    known = config.EVAL_METRICS
     unknown = [m for m in names if m not in known]
     if unknown or not names:   # checked before anything loads, and before eval.json is touched
         raise UsageError(f"--metrics {args.metrics!r}: " + (f"unknown metric(s) {', '.join(unknown)}" if unknown

@@ -90,7 +90,7 @@ DEFAULT_FACTORS = ("shape", "scale", "orientation", "posX", "posY")
 """The factors that count by default: all that vary (disentanglement_lib's dsprites_full)."""
 CHEN_FACTORS = ("scale", "orientation", "posX", "posY")
 """The factors of Chen et al.'s own dSprites MIG (their code leaves shape out)."""
-METRICS = (*config.METRICS, "mig_full_grid")
+METRICS = config.EVAL_METRICS
 """Every metric :func:`evaluate` knows; all but ``mig_full_grid`` run by default."""
 
 
