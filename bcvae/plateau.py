@@ -121,11 +121,7 @@ def figure(histories: dict[str, list[dict]]):
     fig = viz._figure(10.0, 2.3 * len(histories))
     axes = fig.subplots(len(histories), 2, squeeze=False, sharex=True)
     for (label, rows), (info, rec) in zip(histories.items(), axes):
-        for key, name, style in (("train/kl", "KL", {"color": "black", "lw": 1.6}),
-                                 ("train/mi", "I(x; z)", {"color": "tab:blue", "lw": 1.2}),
-                                 ("train/marginal_kl", "KL(q(z) ‖ p(z))", {"color": "tab:orange", "lw": 1.2}),
-                                 ("train/C", "C", {"color": "black", "ls": "--", "lw": 1.0})):
-            info.plot(*viz.series(rows, key), label=name, **style)
+        viz.draw_information(info, rows, c_label="C")
         info.set_ylim(-0.2, 3.0)
         info.set_ylabel("nats")
         info.set_title(label, fontsize=9, loc="left")

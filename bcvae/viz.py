@@ -423,6 +423,18 @@ def loss_curves_figure(rows: Sequence[dict]) -> Figure:
     return fig
 
 
+def draw_information(ax, rows: Sequence[dict], split: str = "train", c_label: str = "capacity C") -> None:
+    """Lines of ``<split>/kl``, ``<split>/mi``, ``<split>/marginal_kl`` and ``train/C`` on ``ax``
+    (those that were logged), labelled for a legend."""
+    for key, label, style in ((f"{split}/kl", "KL", {"color": "black", "lw": 2}),
+                              (f"{split}/mi", "I(x; z)", {"color": "tab:blue", "lw": 1.4}),
+                              (f"{split}/marginal_kl", "KL(q(z) ‖ p(z))", {"color": "tab:orange", "lw": 1.4}),
+                              ("train/C", c_label, {"color": "black", "ls": "--", "lw": 1.2})):
+        steps, values = series(rows, key)
+        if len(steps):
+            ax.plot(steps, values, label=label, **style)
+
+
 def information_figure(rows: Sequence[dict], split: str = "train") -> Figure:
     """Where the KL goes: KL = I(x; z) + KL(q(z) ‖ p(z)) over steps, with C(step) when logged.
 
@@ -433,13 +445,7 @@ def information_figure(rows: Sequence[dict], split: str = "train") -> Figure:
     """
     fig = _figure(11.0, 3.6)
     info, rec = fig.subplots(1, 2)
-    for key, label, style in ((f"{split}/kl", "KL", {"color": "black", "lw": 2}),
-                              (f"{split}/mi", "I(x; z)", {"color": "tab:blue", "lw": 1.4}),
-                              (f"{split}/marginal_kl", "KL(q(z) ‖ p(z))", {"color": "tab:orange", "lw": 1.4}),
-                              ("train/C", "capacity C", {"color": "black", "ls": "--", "lw": 1.2})):
-        steps, values = series(rows, key)
-        if len(steps):
-            info.plot(steps, values, label=label, **style)
+    draw_information(info, rows, split)
     info.set_xlabel("training step")
     info.set_ylabel("nats")
     info.set_title(f"KL = I(x; z) + KL(q(z) ‖ p(z))  ({split})")
