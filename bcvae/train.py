@@ -164,6 +164,8 @@ class Trainer:
         log.info("data: %s (%d training / %d validation images, fold %d of %d)",
                  self.split.provenance.get("source"), len(self.split.train), len(self.split.val),
                  cfg.data.fold, cfg.data.k)
+        # The held-out images pictures show, fixed for the run: every shape, spread factors.
+        self.shown = viz.display_sample(self.split.val.factors, min(8, len(self.split.val)), cfg.seed)
         self._build_models()
         self.step = self.epoch = self.step_in_epoch = 0
         self.run_id: str | None = None
@@ -565,9 +567,7 @@ class Trainer:
         if self.tracker is None:
             return
         self.model.eval()
-        if getattr(self, "_shown", None) is None:  # fixed for the run: every shape, spread factors
-            self._shown = viz.display_sample(self.split.val.factors, min(8, len(self.split.val)), self.cfg.seed)
-        x = self.split.val.batch(self._shown, self.device)
+        x = self.split.val.batch(self.shown, self.device)
         self.tracker.log_image("images/reconstruction", viz.reconstruction_grid(self.model, x), self.step,
                                caption="top: originals, bottom: reconstructions")
         kl = getattr(self, "_last_kl", None) or [0.0] * self.cfg.model.z_dim
