@@ -244,7 +244,7 @@ def _check_provenance(attrs: dict, data_cfg: DataConfig, source: str,
     for key, value in wanted.items():
         if attrs.get(key) != value:
             return f"stale ({key} = {attrs.get(key)!r}, expected {value!r})"
-    if len(str(attrs.get("fold_sha256", "")).split(",")) != data_cfg.k:
+    if len(fold_digests(attrs)) != data_cfg.k:
         return "missing its per-fold sha256"
     if source == "dsprites":
         return _check_npz(attrs, Path(data_cfg.path), path)
@@ -281,9 +281,9 @@ def fold_digest(packed: np.ndarray, classes: np.ndarray, index: np.ndarray) -> s
     return digest.hexdigest()
 
 
-def fold_digests(path: Path) -> list[str]:
-    """The per-fold sha256 recorded in the cache at ``path`` when it was built."""
-    value = read_provenance(path).get("fold_sha256", "")
+def fold_digests(attrs: dict) -> list[str]:
+    """The per-fold sha256 a cache's attributes (:func:`read_provenance`) recorded at build time."""
+    value = str(attrs.get("fold_sha256", ""))
     return value.split(",") if value else []
 
 

@@ -141,7 +141,7 @@ def _verified(data_cfg: DataConfig, read):
 def _damaged_folds(path: Path, offsets: np.ndarray, parts: list[tuple[FoldData, list[int]]]) -> list[int]:
     """Folds whose rows in ``parts`` (data, the folds it holds in order) differ from the
     sha256 recorded at build time."""
-    recorded = fold_digests(path)
+    recorded = fold_digests(read_provenance(path))
     bad = []
     for data, folds in parts:
         pos = 0
