@@ -28,7 +28,7 @@ log = logging.getLogger("bcvae")
 
 EXPERIMENT = "capacity25_paper"
 PLATEAU_NLL = 500.0
-"""A run has left the plateau at the first logged step whose training reconstruction NLL is below this."""
+"""A run has left the plateau from the first logged step whose training NLL stays below this to the end."""
 GAP_TOLERANCE = 1.0
 """|KL − C| in nats below which the capacity constraint counts as holding (Burgess et al.'s target)."""
 
@@ -64,8 +64,8 @@ def exit_summary(rows: list[dict], threshold: float = PLATEAU_NLL, tolerance: fl
     ``rows``: the run's logged training rows (``train/rec``, ``train/kl``, ``train/mi``,
     ``train/C``; each an average over the logging window). Returns the exit step — the
     first logged step from which the NLL stays below ``threshold`` to the end of the log,
-    so a run that dips below and falls back has not left (None while on the plateau); I(x; z), KL and C there; the largest KL − C and |KL − C|
-    from the exit on; the step from which |KL − C| stays below ``tolerance`` nats to the
+    so a run that dips below and falls back has not left (None while on the plateau);
+    I(x; z), KL and C there; the largest KL − C and |KL − C| from the exit on; the step from which |KL − C| stays below ``tolerance`` nats to the
     end of the log (None if it never settles); and the last row's values.
     """
     rows = sorted((r for r in rows if "train/rec" in r), key=lambda r: r["step"])
