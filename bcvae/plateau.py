@@ -93,7 +93,12 @@ def exit_summary(rows: list[dict], threshold: float = PLATEAU_NLL, tolerance: fl
 
 
 def _fmt(value, spec: str) -> str:
-    return "–" if value is None else format(value, spec)
+    """``value`` formatted by ``spec``; "–" for a missing value. A value that rounds to
+    zero prints without a sign: the MI estimate scatters around 0 on the plateau."""
+    if value is None:
+        return "–"
+    text = format(value, spec)
+    return format(0.0, spec) if float(text) == 0 else text
 
 
 def markdown_table(results: list[dict]) -> str:

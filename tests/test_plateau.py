@@ -63,6 +63,14 @@ def test_an_empty_log_is_an_error():
         plateau.exit_summary([{"step": 10, "val/rec": 1.0}])
 
 
+def test_table_numbers_that_round_to_zero_print_without_a_sign():
+    # On the plateau the MI estimate scatters around 0 (e.g. -0.003): the table shows 0.00.
+    assert plateau._fmt(-0.003, ".2f") == "0.00"
+    assert plateau._fmt(0.004, ".2f") == "0.00"
+    assert plateau._fmt(-0.5, ".2f") == "-0.50"
+    assert plateau._fmt(None, ".2f") == "–"
+
+
 def test_every_row_names_the_command_that_trains_it():
     assert plateau.command("gamma100", 1, 8000) == \
         'make train EXP=capacity25_paper ARGS="seed=1 train.max_steps=8000 loss.gamma=100"'
