@@ -9,7 +9,8 @@ the global step / epoch, so nothing else needs saving. A run whose checkpoint
 exists resumes automatically.
 
 Checkpoint I/O (atomic writes, safe loading, RNG state) lives in
-:mod:`bcvae.checkpoint`; encoding images for the metrics in :mod:`bcvae.encode`.
+:mod:`bcvae.checkpoint`; encoding images for the metrics in :mod:`bcvae.encode`;
+what several processes must exchange (torchrun) in :mod:`bcvae.distributed`.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import signal
 import time
 from pathlib import Path
@@ -29,7 +29,7 @@ import yaml
 from torch import nn
 
 from bcvae import config as config_mod
-from bcvae import track, viz
+from bcvae import distributed, track, viz
 from bcvae.checkpoint import (
     CHECKPOINT_VERSION,
     pick_device,
@@ -68,53 +68,6 @@ def sample_posterior(model: VAE, x: torch.Tensor, eps: torch.Tensor | None = Non
     return model.reparameterise(*model.encode(x), eps)
 
 
-# ---------------------------------------------------------------- distributed
-
-def dist_context() -> tuple[int, int]:
-    """(rank, world size); initialises the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world
-
-
-def end_distributed() -> None:
-    """Tear down a torchrun worker's process group (no-op in a single process)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-class _GatherRows(torch.autograd.Function):
-    """All-gather every process's rows ``(b, K)`` into the global batch ``(W·b, K)``, differentiably.
-
-    Every process then evaluates batch-level loss terms (γ·|KL − C|, the TC
-    estimators, the FactorVAE discriminator) on identical global tensors, so the
-    gradient reaching its own rows is that of the one-process loss. It is scaled
-    by W because DistributedDataParallel averages the processes' gradients.
-    """
-
-    @staticmethod
-    def forward(ctx, rows: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
-        ctx.rank, ctx.world, ctx.rows = dist.get_rank(), dist.get_world_size(), rows.shape[0]
-        parts = [torch.empty_like(rows) for _ in range(ctx.world)]
-        dist.all_gather(parts, rows.contiguous())
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        start = ctx.rank * ctx.rows
-        return grad[start:start + ctx.rows] * ctx.world
-
-
 def _adam(params, lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
     """Adam with the fused kernel (one pass over every parameter) on CPU and CUDA, where torch has it."""
     params = list(params)
@@ -137,7 +90,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, *, fresh: bool = False, group: str | None = None):
         self.cfg = cfg
-        self.rank, self.world = dist_context()
+        self.rank, self.world = distributed.start()
         if self.rank:
             log.setLevel(logging.WARNING)  # one process reports progress; warnings still show
         self.device = self._device()
@@ -199,11 +152,8 @@ class Trainer:
             self._lock = None
 
     def _device(self) -> torch.device:
-        if self.world > 1 and torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            torch.cuda.set_device(local)
-            return torch.device("cuda", local)
-        return pick_device(self.cfg.train.device)
+        local = distributed.local_cuda_device(self.world)  # torchrun: this process's GPU
+        return local if local is not None else pick_device(self.cfg.train.device)
 
     def _build_models(self) -> None:
         cfg = self.cfg
@@ -215,11 +165,7 @@ class Trainer:
         if cfg.loss.objective == "factor":
             self.disc = Discriminator(cfg.model.z_dim).to(self.device)
             self.disc_opt = _adam(self.disc.parameters(), cfg.loss.disc_lr, (cfg.loss.disc_beta1, cfg.loss.disc_beta2))
-        self.model_ddp = self.model
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.model_ddp = DDP(self.model)
+        self.model_ddp = distributed.wrap(self.model, self.world)
 
     def _fast_model(self) -> nn.Module:
         """The module the training step calls: compiled (``train.compile``) or the eager one."""
@@ -258,10 +204,7 @@ class Trainer:
             aside = self.dir.with_name(f"{self.dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
             self.dir.rename(aside)
             log.info("--fresh: moved the previous run to %s", aside)
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
+        distributed.barrier(self.world)
         if self.rank == 0:  # temporaries of checkpoint writes that a kill interrupted
             for tmp in self.dir.glob(f".{self.ckpt_path.name}.tmp-*"):
                 tmp.unlink(missing_ok=True)
@@ -341,10 +284,7 @@ class Trainer:
         """Rank 0 writes; every process waits for it, so none exits (and has torchrun stop rank 0) mid-write."""
         if self.rank == 0:
             self._write_checkpoint()
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
+        distributed.barrier(self.world)
 
     def _write_checkpoint(self) -> None:
         if self.tracker is not None:
@@ -383,7 +323,7 @@ class Trainer:
             self.disc.requires_grad_(False)
         with self._amp():
             logits, mu, logvar, z = self.train_model(x, self._noise())
-            mu, logvar, z = self._global_rows(mu.float(), logvar.float(), z.float())
+            mu, logvar, z = distributed.gather_rows((mu.float(), logvar.float(), z.float()), self.world)
             loss, terms = vae_loss(cfg.loss, x, logits.float(), mu, logvar, z,
                                    self.step, discriminator=self.disc, dataset_size=len(self.split.train))
         self.opt.zero_grad(set_to_none=True)
@@ -398,11 +338,11 @@ class Trainer:
         self.disc.requires_grad_(True)
         with torch.no_grad(), self._amp():
             z_other = sample_posterior(self.model, x_other, self._noise()).float()
-            (z_other,) = self._global_rows(z_other)
+            (z_other,) = distributed.gather_rows((z_other,), self.world)
         d_loss, d_terms = discriminator_loss(self.disc, z, z_other)
         self.disc_opt.zero_grad(set_to_none=True)
         d_loss.backward()
-        self._average_disc_grads()
+        distributed.average_gradients(self.disc.parameters(), self.world)
         self.disc_opt.step()
         return d_terms
 
@@ -412,30 +352,8 @@ class Trainer:
         Every process draws the whole ``(B, D)`` from the same generator state, so
         W processes use exactly the noise one process would.
         """
-        share = self.cfg.train.batch_size // self.world
         eps = torch.randn(self.cfg.train.batch_size, self.model.z_dim, device=self.device)
-        return eps[self.rank * share:(self.rank + 1) * share]
-
-    def _global_rows(self, *parts: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """This process's ``(B/W, K_i)`` tensors -> the global batch's ``(B, K_i)`` (identity in one process)."""
-        if self.world == 1:
-            return parts
-        gathered = _GatherRows.apply(torch.cat(parts, dim=1))
-        return gathered.split([p.shape[1] for p in parts], dim=1)
-
-    def _average_disc_grads(self) -> None:
-        """Average discriminator gradients over processes, keeping every rank's copy identical.
-
-        Every process computes the same loss on the same gathered codes, so this
-        only guards against non-deterministic kernels letting the copies drift.
-        (Wrapping it in DDP would not do: its loss calls it twice per backward.)
-        """
-        if self.world > 1:
-            import torch.distributed as dist
-
-            for p in self.disc.parameters():
-                dist.all_reduce(p.grad)
-                p.grad /= self.world
+        return distributed.share(eps, self.rank, self.world)
 
     def _guarded_step(self, x, x_other) -> dict:
         """``_train_step`` with a fallback to eager mode when the compiler fails at first use.
@@ -473,8 +391,7 @@ class Trainer:
         """This process's share of global batch ``i`` of ``order`` (wrapping around for long epochs)."""
         b = self.cfg.train.batch_size
         idx = np.take(order, np.arange(i * b, (i + 1) * b), mode="wrap")
-        share = b // self.world
-        return idx[self.rank * share:(self.rank + 1) * share]
+        return distributed.share(idx, self.rank, self.world)
 
     def _train_epoch(self) -> bool:
         """Train until the epoch ends (True) or the step budget is reached (False)."""
@@ -515,32 +432,13 @@ class Trainer:
 
     def _stop_requested(self) -> bool:
         """A signal arrived. Processes agree every ``log.every_train`` steps, so all stop at the same step."""
-        if self.world == 1:
-            return self._stop_signal is not None
-        if self.step % self.cfg.log.every_train:
+        if self.world > 1 and self.step % self.cfg.log.every_train:
             return False
-        import torch.distributed as dist
-
-        flag = torch.tensor([self._stop_signal or 0], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        self._stop_signal = int(flag.item()) or None
+        self._stop_signal = distributed.agree_on_stop(self._stop_signal, self.device, self.world)
         return self._stop_signal is not None
 
-    def _mean_over_ranks(self, sums: dict) -> dict:
-        """Accumulated terms averaged over processes: the global batch's numbers (equal shares)."""
-        if self.world == 1:
-            return sums
-        import torch.distributed as dist
-
-        keys = list(sums)  # the same order on every process: the same code filled it
-        flat = [torch.as_tensor(sums[k], dtype=torch.float64, device=self.device).reshape(-1) for k in keys]
-        total = torch.cat(flat)
-        dist.all_reduce(total)
-        parts = (total / self.world).split([f.numel() for f in flat])
-        return {k: part.reshape(torch.as_tensor(sums[k]).shape) for k, part in zip(keys, parts)}
-
     def _log_train(self, sums: dict, count: int, tic: float, bar) -> None:
-        values = mean_terms(self._mean_over_ranks(sums), count, "train")
+        values = mean_terms(distributed.mean_over_ranks(sums, self.device, self.world), count, "train")
         if not math.isfinite(values["train/loss"]):
             raise TrainingError(
                 f"non-finite training loss ({values['train/loss']}) within steps {self.step - count + 1}..{self.step} "
@@ -603,7 +501,7 @@ class Trainer:
 
     def evaluate(self, metric_names) -> dict:
         """Disentanglement metrics of the encoder mean (see :mod:`bcvae.metrics`)."""
-        from bcvae.metrics import evaluate
+        from bcvae.metrics import evaluate  # lazy for start-up time: scikit-learn and scipy load in ~1 s
 
         encode = make_encode(self.model, self.device, channels_last=self.cfg.train.channels_last)
         render = image_source(self.split.provenance, lambda: load_all(self.cfg.data))
@@ -735,7 +633,7 @@ def train(cfg: Config, *, fresh: bool = False, group: str | None = None) -> dict
     try:
         return Trainer(cfg, fresh=fresh, group=group).fit()
     finally:
-        end_distributed()
+        distributed.end()
 
 
 def cross_validate(cfg: Config, *, fresh: bool = False) -> dict:
@@ -751,9 +649,9 @@ def cross_validate(cfg: Config, *, fresh: bool = False) -> dict:
             fold_cfg = copy.deepcopy(cfg)
             fold_cfg.data.fold = fold
             per_fold.append(Trainer(fold_cfg, fresh=fresh, group=cfg.name).fit())
-        rank = dist_context()[0]
+        rank = distributed.start()[0]
     finally:
-        end_distributed()
+        distributed.end()
     keys = sorted({k for s in per_fold for k, v in s.items()
                    if isinstance(v, (int, float)) and k.startswith(("val/", "eval/"))})
     for key in keys:  # a mean over the folds that happen to have a number would hide the others

@@ -33,9 +33,14 @@ def _imports(path) -> set[str]:
             found.add(base)
             found |= {f"{base}.{a.name}" for a in node.names}   # "from bcvae import viz"
     modules = {m for m in GRAPH_NODES if any(f == m for f in found)}
-    if any(f == "wandb" or f.startswith("wandb.") for f in found):
-        modules.add("wandb")
+    for outside, prefixes in EXTERNAL.items():
+        if any(f == p or f.startswith(p + ".") for f in found for p in prefixes):
+            modules.add(outside)
     return modules
+
+
+EXTERNAL = {"wandb": ("wandb",), "torch.distributed": ("torch.distributed", "torch.nn.parallel")}
+"""Outside modules with one door each: W&B (track), multi-process training (distributed)."""
 
 
 FILES = sorted(PACKAGE.rglob("*.py"))
@@ -50,7 +55,7 @@ def _package_of(module: str) -> str:
 def test_no_import_cycles():
     graph = {}
     for module, deps in GRAPH.items():   # a subpackage counts as one node
-        graph.setdefault(_package_of(module), set()).update(_package_of(d) for d in deps if d != "wandb")
+        graph.setdefault(_package_of(module), set()).update(_package_of(d) for d in deps if d not in EXTERNAL)
     for node in graph:
         graph[node].discard(node)
     state, stack = {}, []
@@ -96,3 +101,8 @@ def test_figures_and_metrics_never_reach_into_the_trainer():
 def test_only_track_imports_wandb_and_nothing_imports_cli():
     assert [m for m, deps in GRAPH.items() if "wandb" in deps] == ["bcvae.track"]
     assert [m for m, deps in GRAPH.items() if "bcvae.cli" in deps] == ["bcvae.__main__"]
+
+
+def test_only_distributed_talks_to_torch_distributed():
+    assert [m for m, deps in GRAPH.items() if "torch.distributed" in deps] == ["bcvae.distributed"]
+    assert GRAPH["bcvae.distributed"] == {"torch.distributed"}, "it imports nothing from the package"
