@@ -138,9 +138,9 @@ def _dispatch(args) -> int:
         sweep.run_local(sweep.sweep_path(args.sweep), count=args.count, dry_run=args.dry_run)
         return 0
     if args.command == "plots":
-        from bcvae import viz
+        from bcvae import plots
 
-        for path in viz.write_run_plots(Path(args.run)):
+        for path in plots.write_run_plots(Path(args.run)):
             print(path)
         return 0
     if args.command == "export":
