@@ -22,7 +22,7 @@ from bcvae.errors import CheckpointError, UsageError
 from bcvae.config import Config
 from bcvae.data import FoldData
 from bcvae.losses import vae_loss
-from bcvae.model import VAE
+from bcvae.model import VAE, discriminator_for
 
 
 # ---------------------------------------------------------------- held-out losses
@@ -143,16 +143,14 @@ def model_heldout_loss(model: VAE, cfg: config.Config, ckpt: dict, seed: int = 0
     import numpy as np
 
     from bcvae.data import load_split
-    from bcvae.model import Discriminator
 
     device = next(model.parameters()).device
-    disc = None
-    if cfg.loss.objective == "factor" and ckpt.get("disc") is None:
-        raise CheckpointError(f"{cfg.name}: the held-out FactorVAE loss needs the discriminator, which a "
-                              "pretrained directory does not hold (its metrics and figures work)")
-    if cfg.loss.objective == "factor":
-        disc = Discriminator(cfg.model.z_dim).to(device)
-        disc.load_state_dict(ckpt["disc"])
+    disc = discriminator_for(cfg.loss.objective, cfg.model.z_dim)
+    if disc is not None:
+        if ckpt.get("disc") is None:
+            raise CheckpointError(f"{cfg.name}: the held-out FactorVAE loss needs the discriminator, which a "
+                                  "pretrained directory does not hold (its metrics and figures work)")
+        disc.to(device).load_state_dict(ckpt["disc"])
     split = load_split(cfg.data)
     return heldout_terms(model, disc, split.val, np.arange(len(split.val)), cfg, ckpt["step"], device,
                          seed=seed, dataset_size=len(split.train))

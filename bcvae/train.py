@@ -48,7 +48,7 @@ from bcvae.encode import image_source, make_encode
 from bcvae.evaluate import accumulate, flatten_scores, heldout_terms, mean_terms, validation_indices
 from bcvae.errors import CheckpointError, Interrupted, TrainingError
 from bcvae.losses import discriminator_loss, vae_loss
-from bcvae.model import VAE, Discriminator
+from bcvae.model import VAE, discriminator_for
 
 log = logging.getLogger("bcvae")
 
@@ -161,9 +161,9 @@ class Trainer:
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         self.model = VAE(cfg.model.z_dim, cfg.model.arch).to(self.device, memory_format=self.memory_format)
         self.opt = _adam(self.model.parameters(), cfg.train.lr, (cfg.train.adam_beta1, cfg.train.adam_beta2))
-        self.disc = self.disc_opt = None
-        if cfg.loss.objective == "factor":
-            self.disc = Discriminator(cfg.model.z_dim).to(self.device)
+        self.disc, self.disc_opt = discriminator_for(cfg.loss.objective, cfg.model.z_dim), None
+        if self.disc is not None:
+            self.disc.to(self.device)
             self.disc_opt = _adam(self.disc.parameters(), cfg.loss.disc_lr, (cfg.loss.disc_beta1, cfg.loss.disc_beta2))
         self.model_ddp = distributed.wrap(self.model, self.world)
 
