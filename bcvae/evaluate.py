@@ -206,9 +206,8 @@ def export(run: Path, out_dir: Path) -> list[Path]:
 def _log_to_run(ckpt_path: Path, result: dict, scores: dict) -> None:
     ckpt = load_checkpoint(ckpt_path)
     cfg = config.from_dict(ckpt["config"])
-    tracker = track.Tracker(ckpt_path.parent, ckpt["config"], name=f"{cfg.name}-fold{cfg.data.fold}",
-                            group=cfg.name, mode=cfg.log.wandb_mode, project=cfg.log.wandb_project,
-                            entity=cfg.log.wandb_entity, run_id=ckpt.get("wandb_run_id"))
+    tracker = track.tracker_for(ckpt_path.parent, ckpt["config"], cfg.log, name=f"{cfg.name}-fold{cfg.data.fold}",
+                                group=cfg.name, run_id=ckpt.get("wandb_run_id"))
     tracker.log({f"eval/{k}": v for k, v in scores.items()}, step=result["step"])
     tracker.summary({f"eval/{k}": v for k, v in scores.items()})
     tracker.finish()

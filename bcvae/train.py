@@ -190,10 +190,8 @@ class Trainer:
 
     def _tracker(self, group: str | None) -> track.Tracker:
         cfg = self.cfg
-        tracker = track.Tracker(
-            self.dir, config_mod.to_dict(cfg), name=f"{cfg.name}-fold{cfg.data.fold}",
-            group=group or cfg.name, mode=cfg.log.wandb_mode, project=cfg.log.wandb_project,
-            entity=cfg.log.wandb_entity, run_id=self.run_id, provenance=self.split.provenance)
+        tracker = track.tracker_for(self.dir, config_mod.to_dict(cfg), cfg.log, name=f"{cfg.name}-fold{cfg.data.fold}",
+                                    group=group or cfg.name, run_id=self.run_id, provenance=self.split.provenance)
         self.run_id = tracker.run_id
         return tracker
 
@@ -675,9 +673,8 @@ def _log_cv_summary(cfg: Config, summary: dict) -> None:
     for key, s in summary.items():
         if "kl_dim" not in key:
             log.info("%-28s %.4f ± %.4f  (n=%d)", key, s["mean"], s["std"], len(s["values"]))
-    tracker = track.Tracker(Path(cfg.run_dir) / cfg.name / "cv", config_mod.to_dict(cfg), name=f"{cfg.name}-cv",
-                            group=cfg.name, mode=cfg.log.wandb_mode, project=cfg.log.wandb_project,
-                            entity=cfg.log.wandb_entity)
+    tracker = track.tracker_for(Path(cfg.run_dir) / cfg.name / "cv", config_mod.to_dict(cfg), cfg.log,
+                                name=f"{cfg.name}-cv", group=cfg.name)
     flat = {f"cv/{k}/mean": s["mean"] for k, s in summary.items()}
     flat.update({f"cv/{k}/std": s["std"] for k, s in summary.items()})
     tracker.log(flat, step=0)
