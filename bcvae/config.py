@@ -435,7 +435,8 @@ def split_problem(d: DataConfig, *, with_fold: bool = True) -> tuple[str, str] |
     if d.subset and d.subset < 2 * d.k:
         return "data.subset", f"must be 0 or >= 2*k (two images per fold of data.k={d.k}), got {d.subset}"
     if d.subset > DSPRITES_IMAGES:
-        return "data.subset", f"must be at most the {DSPRITES_IMAGES:,} images of dSprites (0 = all), got {d.subset}"
+        return "data.subset", (f"must be at most the {DSPRITES_IMAGES:,} images of dSprites (0 = all), "
+                               f"got {d.subset}")
     return None
 
 
