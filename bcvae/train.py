@@ -8,9 +8,17 @@ Schedules (capacity C, learning rate) and the data order are pure functions of
 the global step / epoch, so nothing else needs saving. A run whose checkpoint
 exists resumes automatically.
 
-Checkpoint I/O (atomic writes, safe loading, RNG state) lives in
-:mod:`bcvae.checkpoint`; encoding images for the metrics in :mod:`bcvae.encode`;
-what several processes must exchange (torchrun) in :mod:`bcvae.distributed`.
+Checkpoint I/O (atomic writes, safe loading, RNG state, the run directory's
+lock) lives in :mod:`bcvae.checkpoint`; encoding images for the metrics in
+:mod:`bcvae.encode`; what several processes exchange (torchrun) in
+:mod:`bcvae.distributed`.
+
+Why this file is longer than the others: :class:`Trainer` is one state machine
+(global step, epoch, position in the epoch, RNG streams, optimisers, W&B run id),
+and nearly every method reads or advances that state. Split up, the pieces would
+hand the state back and forth; together they read top to bottom in the order a
+run lives: construction, run directory and resume, one optimisation step, the
+epoch loop, what is logged and validated, the end of the run.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import json
 import logging
 import math
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -27,6 +36,7 @@ import numpy as np
 import torch
 import yaml
 from torch import nn
+from tqdm.auto import tqdm
 
 from bcvae import config as config_mod
 from bcvae import distributed, track, viz
@@ -35,6 +45,8 @@ from bcvae.checkpoint import (
     pick_device,
     run_dir_for,
     load_checkpoint,
+    lock_run_dir,
+    read_json,
     rng_state,
     save_checkpoint,
     seed_everything,
@@ -104,7 +116,7 @@ class Trainer:
         self.dir = run_dir_for(cfg)
         self.ckpt_path = self.dir / "checkpoint.pt"
         self.max_overshoot = -math.inf  # capacity objective: largest logged KL − C (restored on resume)
-        self._lock = self._lock_run_dir() if self.rank == 0 else None
+        self._lock = lock_run_dir(self.dir) if self.rank == 0 else None
         try:
             self._setup(fresh, group)
         except BaseException:
@@ -129,21 +141,6 @@ class Trainer:
         self.train_model = self._fast_model()
 
     # ---- construction
-
-    def _lock_run_dir(self):
-        """Hold ``<run dir>.lock`` while this trainer lives: a second training of the
-        same run would interleave checkpoints and logs (or ``--fresh`` would move the
-        directory away under the first). The OS drops the lock when a process dies."""
-        import filelock
-
-        self.dir.parent.mkdir(parents=True, exist_ok=True)
-        lock = filelock.FileLock(str(self.dir.with_name(self.dir.name + ".lock")))
-        try:
-            lock.acquire(timeout=0)
-        except filelock.Timeout:
-            raise TrainingError(f"{self.dir} is in use by another training (lock {lock.lock_file}); "
-                                "wait for it to finish or stop it first") from None
-        return lock
 
     def release(self) -> None:
         """Release the run directory (``fit`` does this when it returns or fails)."""
@@ -423,8 +420,6 @@ class Trainer:
         return self.step_in_epoch >= n_steps
 
     def _progress(self, total: int):
-        from tqdm.auto import tqdm
-
         return tqdm(total=total, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
                     disable=not self.cfg.log.progress or self.rank != 0, dynamic_ncols=True, leave=False)
 
@@ -582,11 +577,11 @@ class Trainer:
     def _completed_summary(self) -> dict | None:
         """``summary.json`` when the run is complete at its checkpoint's step: the summary is of
         that step and, when ``eval.at_end`` asks for metrics, so is ``eval.json``. Else None."""
-        summary = _read_json(self.dir / "summary.json")
+        summary = read_json(self.dir / "summary.json")
         if summary is None or summary.get("step") != self.step:
             return None
         if self.cfg.eval.at_end and self.cfg.eval.metrics:
-            result = _read_json(self.dir / "eval.json")
+            result = read_json(self.dir / "eval.json")
             if result is None or result.get("step") != self.step:
                 return None
         return summary
@@ -596,8 +591,6 @@ class Trainer:
         """SIGTERM / SIGINT set a flag; the loop checkpoints at the next step and stops."""
         def handler(signum, _frame):
             self._stop_signal = signum
-
-        import threading
 
         if threading.current_thread() is not threading.main_thread():
             yield
@@ -615,15 +608,6 @@ class Trainer:
         raise Interrupted(
             f"received {name} at step {self.step} (epoch {self.epoch}); checkpoint saved to {self.ckpt_path}. "
             "Run the same command again to resume.", self._stop_signal)
-
-
-def _read_json(path: Path) -> dict | None:
-    """A JSON object from ``path``; None when it is missing, empty, torn or not an object."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def train(cfg: Config, *, fresh: bool = False, group: str | None = None) -> dict:
