@@ -118,12 +118,14 @@ def _dispatch(args) -> int:
 
     if args.command in ("train", "cv"):
         cfg = config.load(config.experiment_path(args.experiment), args.overrides)  # before torch: typos fail fast
-        from bcvae import train
-
         if args.command == "train":
+            from bcvae import train
+
             train.train(cfg, fresh=args.fresh)
         else:
-            train.cross_validate(cfg, fresh=args.fresh)
+            from bcvae import crossval
+
+            crossval.cross_validate(cfg, fresh=args.fresh)
         return 0
     if args.command == "eval":
         from bcvae import evaluate

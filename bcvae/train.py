@@ -11,7 +11,7 @@ exists resumes automatically.
 Checkpoint I/O (atomic writes, safe loading, RNG state, the run directory's
 lock) lives in :mod:`bcvae.checkpoint`; encoding images for the metrics in
 :mod:`bcvae.encode`; what several processes exchange (torchrun) in
-:mod:`bcvae.distributed`.
+:mod:`bcvae.distributed`; training every fold of an experiment in :mod:`bcvae.crossval`.
 
 Why this file is longer than the others: :class:`Trainer` is one state machine
 (global step, epoch, position in the epoch, RNG streams, optimisers, W&B run id),
@@ -30,7 +30,6 @@ import math
 import signal
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -616,51 +615,3 @@ def train(cfg: Config, *, fresh: bool = False, group: str | None = None) -> dict
         return Trainer(cfg, fresh=fresh, group=group).fit()
     finally:
         distributed.end()
-
-
-def cross_validate(cfg: Config, *, fresh: bool = False) -> dict:
-    """Train folds 0..k-1 (one W&B group), then summarise mean ± std over folds.
-
-    Writes ``<run_dir>/<name>/cv_summary.json`` and logs the summary to W&B.
-    """
-    import copy
-
-    per_fold = []
-    try:  # Trainer, not train(): that ends a torchrun worker's process group after one fold
-        for fold in range(cfg.data.k):
-            fold_cfg = copy.deepcopy(cfg)
-            fold_cfg.data.fold = fold
-            per_fold.append(Trainer(fold_cfg, fresh=fresh, group=cfg.name).fit())
-        rank = distributed.start()[0]
-    finally:
-        distributed.end()
-    keys = sorted({k for s in per_fold for k, v in s.items()
-                   if isinstance(v, (int, float)) and k.startswith(("val/", "eval/"))})
-    for key in keys:  # a mean over the folds that happen to have a number would hide the others
-        missing = [fold for fold, s in enumerate(per_fold) if key not in s]
-        if missing:
-            raise TrainingError(f"cross-validation of {cfg.name}: fold(s) {missing} have no {key!r} in their "
-                                f"summary.json; rerun `bcvae cv` to finish them")
-    summary = {}
-    for key in keys:
-        values = np.array([s[key] for s in per_fold], dtype=float)
-        summary[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                        "values": values.tolist()}
-    out = {"experiment": cfg.name, "folds": cfg.data.k, "metrics": summary}
-    if rank == 0:
-        write_json(Path(cfg.run_dir) / cfg.name / "cv_summary.json", out)
-        _log_cv_summary(cfg, summary)
-    return out
-
-
-def _log_cv_summary(cfg: Config, summary: dict) -> None:
-    for key, s in summary.items():
-        if "kl_dim" not in key:
-            log.info("%-28s %.4f ± %.4f  (n=%d)", key, s["mean"], s["std"], len(s["values"]))
-    tracker = track.tracker_for(Path(cfg.run_dir) / cfg.name / "cv", config_mod.to_dict(cfg), cfg.log,
-                                name=f"{cfg.name}-cv", group=cfg.name)
-    flat = {f"cv/{k}/mean": s["mean"] for k, s in summary.items()}
-    flat.update({f"cv/{k}/std": s["std"] for k, s in summary.items()})
-    tracker.log(flat, step=0)
-    tracker.summary(flat)
-    tracker.finish()
