@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from bcvae import config, track
@@ -20,7 +21,7 @@ from bcvae.checkpoint import checkpoint_path, export_pretrained, is_pretrained, 
 from bcvae.encode import encode_all, image_source, make_encode
 from bcvae.errors import CheckpointError, UsageError
 from bcvae.config import Config
-from bcvae.data import FoldData
+from bcvae.data import N_IMAGES, FoldData, load_all, load_split
 from bcvae.losses import vae_loss
 from bcvae.model import VAE, discriminator_for
 
@@ -112,8 +113,7 @@ def evaluate_checkpoint(ckpt_path: Path, metric_names, **kwargs) -> dict:
 def evaluate_model(model: VAE, cfg: config.Config, ckpt: dict, ckpt_path: Path, metric_names, *, seed: int = 0,
                    num_points: int = 10_000, full_grid_mig: bool = False) -> dict:
     """Metrics of a loaded checkpoint's encoder mean (:func:`load_model`); the result records every setting."""
-    from bcvae import metrics
-    from bcvae.data import N_IMAGES, load_all
+    from bcvae import metrics  # lazy for start-up time: scikit-learn and scipy load in ~1 s
 
     device = next(model.parameters()).device
     names = tuple(metric_names) + (("mig_full_grid",) if full_grid_mig else ())
@@ -140,10 +140,6 @@ def heldout_loss(ckpt_path: Path, seed: int = 0) -> dict[str, float]:
 
 def model_heldout_loss(model: VAE, cfg: config.Config, ckpt: dict, seed: int = 0) -> dict[str, float]:
     """:func:`heldout_loss` of a loaded checkpoint (:func:`load_model`)."""
-    import numpy as np
-
-    from bcvae.data import load_split
-
     device = next(model.parameters()).device
     disc = discriminator_for(cfg.loss.objective, cfg.model.z_dim)
     if disc is not None:
@@ -187,8 +183,6 @@ def main(args) -> dict:
 def export(run: Path, out_dir: Path) -> list[Path]:
     """``bcvae export RUN DIR``: a finished run's weights, config, ``eval.json`` and log as a
     pretrained directory (see :func:`bcvae.checkpoint.export_pretrained`)."""
-    import yaml
-
     ckpt_path = checkpoint_path(Path(run))
     ckpt = load_checkpoint(ckpt_path)
     eval_file = ckpt_path.parent / "eval.json"
