@@ -157,7 +157,8 @@ class Trainer:
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         self.model = VAE(cfg.model.z_dim, cfg.model.arch).to(self.device, memory_format=self.memory_format)
         self.opt = _adam(self.model.parameters(), cfg.train.lr, (cfg.train.adam_beta1, cfg.train.adam_beta2))
-        self.disc, self.disc_opt = discriminator_for(cfg.loss.objective, cfg.model.z_dim), None
+        self.disc = discriminator_for(cfg.loss.objective, cfg.model.z_dim)  # FactorVAE's, else None
+        self.disc_opt = None
         if self.disc is not None:
             self.disc.to(self.device)
             self.disc_opt = _adam(self.disc.parameters(), cfg.loss.disc_lr, (cfg.loss.disc_beta1, cfg.loss.disc_beta2))
