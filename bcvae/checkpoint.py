@@ -11,8 +11,8 @@
   so a resumed run continues bit-for-bit.
 * Pretrained directories: weights, config, evaluation and sha256 of a finished run.
 * The low-level facts every command shares: the run-directory layout
-  (:func:`run_dir_for`), the device choice and rebuilding a model from a checkpoint
-  (:func:`load_model`), so figures and evaluation never reach into the trainer.
+  (:func:`run_dir_for`) and its lock, the device choice and rebuilding a model from a
+  checkpoint (:func:`load_model`), so figures and evaluation never reach into the trainer.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import random
 import re
 from pathlib import Path
 
+import filelock
 import numpy as np
 import torch
 import yaml
@@ -119,6 +120,15 @@ def seed_everything(seed: int) -> None:
 def write_json(path: Path, obj) -> None:
     """Atomic JSON write (numpy scalars converted)."""
     write_text_atomic(path, json.dumps(obj, indent=2, default=_json_default))
+
+
+def read_json(path: Path) -> dict | None:
+    """A JSON object from ``path``; None when it is missing, empty, torn or not an object."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -254,6 +264,23 @@ def run_dir_for(cfg: config.Config) -> Path:
 def run_path(run_dir: str | Path, name: str, fold: int) -> Path:
     """``<run_dir>/<name>/fold<k>``: the one place the run-directory layout is defined."""
     return Path(run_dir) / name / f"fold{fold}"
+
+
+def lock_run_dir(run_dir: Path) -> filelock.FileLock:
+    """Take ``<run dir>.lock`` (held until released, or until the process dies: the OS drops it).
+
+    A second training of the same run would interleave checkpoints and logs (or
+    ``--fresh`` would move the directory away under the first): it is refused at once.
+    """
+    run_dir = Path(run_dir)
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
+    lock = filelock.FileLock(str(run_dir.with_name(run_dir.name + ".lock")))
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        raise TrainingError(f"{run_dir} is in use by another training (lock {lock.lock_file}); "
+                            "wait for it to finish or stop it first") from None
+    return lock
 
 
 def pick_device(spec: str) -> torch.device:

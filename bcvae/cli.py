@@ -118,12 +118,14 @@ def _dispatch(args) -> int:
 
     if args.command in ("train", "cv"):
         cfg = config.load(config.experiment_path(args.experiment), args.overrides)  # before torch: typos fail fast
-        from bcvae import train
-
         if args.command == "train":
+            from bcvae import train
+
             train.train(cfg, fresh=args.fresh)
         else:
-            train.cross_validate(cfg, fresh=args.fresh)
+            from bcvae import crossval
+
+            crossval.cross_validate(cfg, fresh=args.fresh)
         return 0
     if args.command == "eval":
         from bcvae import evaluate
@@ -138,9 +140,9 @@ def _dispatch(args) -> int:
         sweep.run_local(sweep.sweep_path(args.sweep), count=args.count, dry_run=args.dry_run)
         return 0
     if args.command == "plots":
-        from bcvae import viz
+        from bcvae import plots
 
-        for path in viz.write_run_plots(Path(args.run)):
+        for path in plots.write_run_plots(Path(args.run)):
             print(path)
         return 0
     if args.command == "export":

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from torch import nn
 
 from bcvae import config, track
@@ -20,9 +21,9 @@ from bcvae.checkpoint import checkpoint_path, export_pretrained, is_pretrained, 
 from bcvae.encode import encode_all, image_source, make_encode
 from bcvae.errors import CheckpointError, UsageError
 from bcvae.config import Config
-from bcvae.data import FoldData
+from bcvae.data import N_IMAGES, FoldData, load_all, load_split
 from bcvae.losses import vae_loss
-from bcvae.model import VAE
+from bcvae.model import VAE, discriminator_for
 
 
 # ---------------------------------------------------------------- held-out losses
@@ -112,8 +113,7 @@ def evaluate_checkpoint(ckpt_path: Path, metric_names, **kwargs) -> dict:
 def evaluate_model(model: VAE, cfg: config.Config, ckpt: dict, ckpt_path: Path, metric_names, *, seed: int = 0,
                    num_points: int = 10_000, full_grid_mig: bool = False) -> dict:
     """Metrics of a loaded checkpoint's encoder mean (:func:`load_model`); the result records every setting."""
-    from bcvae import metrics
-    from bcvae.data import N_IMAGES, load_all
+    from bcvae import metrics  # lazy for start-up time: scikit-learn and scipy load in ~1 s
 
     device = next(model.parameters()).device
     names = tuple(metric_names) + (("mig_full_grid",) if full_grid_mig else ())
@@ -140,19 +140,13 @@ def heldout_loss(ckpt_path: Path, seed: int = 0) -> dict[str, float]:
 
 def model_heldout_loss(model: VAE, cfg: config.Config, ckpt: dict, seed: int = 0) -> dict[str, float]:
     """:func:`heldout_loss` of a loaded checkpoint (:func:`load_model`)."""
-    import numpy as np
-
-    from bcvae.data import load_split
-    from bcvae.model import Discriminator
-
     device = next(model.parameters()).device
-    disc = None
-    if cfg.loss.objective == "factor" and ckpt.get("disc") is None:
-        raise CheckpointError(f"{cfg.name}: the held-out FactorVAE loss needs the discriminator, which a "
-                              "pretrained directory does not hold (its metrics and figures work)")
-    if cfg.loss.objective == "factor":
-        disc = Discriminator(cfg.model.z_dim).to(device)
-        disc.load_state_dict(ckpt["disc"])
+    disc = discriminator_for(cfg.loss.objective, cfg.model.z_dim)
+    if disc is not None:
+        if ckpt.get("disc") is None:
+            raise CheckpointError(f"{cfg.name}: the held-out FactorVAE loss needs the discriminator, which a "
+                                  "pretrained directory does not hold (its metrics and figures work)")
+        disc.to(device).load_state_dict(ckpt["disc"])
     split = load_split(cfg.data)
     return heldout_terms(model, disc, split.val, np.arange(len(split.val)), cfg, ckpt["step"], device,
                          seed=seed, dataset_size=len(split.train))
@@ -189,8 +183,6 @@ def main(args) -> dict:
 def export(run: Path, out_dir: Path) -> list[Path]:
     """``bcvae export RUN DIR``: a finished run's weights, config, ``eval.json`` and log as a
     pretrained directory (see :func:`bcvae.checkpoint.export_pretrained`)."""
-    import yaml
-
     ckpt_path = checkpoint_path(Path(run))
     ckpt = load_checkpoint(ckpt_path)
     eval_file = ckpt_path.parent / "eval.json"
@@ -208,9 +200,8 @@ def export(run: Path, out_dir: Path) -> list[Path]:
 def _log_to_run(ckpt_path: Path, result: dict, scores: dict) -> None:
     ckpt = load_checkpoint(ckpt_path)
     cfg = config.from_dict(ckpt["config"])
-    tracker = track.Tracker(ckpt_path.parent, ckpt["config"], name=f"{cfg.name}-fold{cfg.data.fold}",
-                            group=cfg.name, mode=cfg.log.wandb_mode, project=cfg.log.wandb_project,
-                            entity=cfg.log.wandb_entity, run_id=ckpt.get("wandb_run_id"))
+    tracker = track.tracker_for(ckpt_path.parent, ckpt["config"], cfg.log, name=f"{cfg.name}-fold{cfg.data.fold}",
+                                group=cfg.name, run_id=ckpt.get("wandb_run_id"))
     tracker.log({f"eval/{k}": v for k, v in scores.items()}, step=result["step"])
     tracker.summary({f"eval/{k}": v for k, v in scores.items()})
     tracker.finish()

@@ -145,3 +145,13 @@ class Discriminator(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         """z (B, z_dim) -> logits (B, 2)."""
         return self.net(z)
+
+
+def discriminator_for(objective: str, z_dim: int) -> Discriminator | None:
+    """The discriminator ``objective`` trains beside the VAE, freshly initialised, or None.
+
+    Only FactorVAE (``"factor"``) has one: its total-correlation estimate is the
+    discriminator's logit difference. The one place that rule lives: the trainer builds
+    from it and held-out evaluation asks it whether a checkpoint must hold one.
+    """
+    return Discriminator(z_dim) if objective == "factor" else None

@@ -121,7 +121,7 @@ def markdown_table(results: list[dict]) -> str:
 def figure(histories: dict[str, list[dict]]):
     """One row per run: KL, I(x; z), KL(q(z) ‖ p(z)) and C (left), reconstruction NLL (right),
     over the first steps. ``histories``: label -> logged rows."""
-    from bcvae import viz
+    from bcvae import latents, viz
 
     fig = viz._figure(10.0, 2.3 * len(histories))
     axes = fig.subplots(len(histories), 2, squeeze=False, sharex=True)
@@ -130,7 +130,7 @@ def figure(histories: dict[str, list[dict]]):
         info.set_ylim(-0.2, 3.0)
         info.set_ylabel("nats")
         info.set_title(label, fontsize=9, loc="left")
-        rec.plot(*viz.series(rows, "train/rec"), color="tab:green", lw=1.2)
+        rec.plot(*latents.series(rows, "train/rec"), color="tab:green", lw=1.2)
         rec.axhline(PLATEAU_NLL, color="grey", ls=":", lw=1)
         rec.set_ylim(0, 700)
         rec.set_title("reconstruction NLL (nats)", fontsize=9, loc="left")

@@ -67,7 +67,7 @@ def evaluate_run(run_dir: Path, experiment: str, seed: int, budget: str, num_poi
     The row is kept in ``run_dir/results_row.json``; it is reused while the
     checkpoint's step and the metric settings are unchanged.
     """
-    from bcvae import track, viz
+    from bcvae import latents, track
     from bcvae.checkpoint import write_json
     from bcvae.encode import make_encode
     from bcvae.checkpoint import load_model
@@ -92,8 +92,8 @@ def evaluate_run(run_dir: Path, experiment: str, seed: int, budget: str, num_poi
         "mig": s.get("mig"), "factor_vae_score": s.get("factor_vae"), "beta_vae_score": s.get("beta_vae"),
         "dci_disentanglement": (s.get("dci") or {}).get("disentanglement"), "sap": s.get("sap"),
         "kl_per_dim": [heldout[f"val/kl_dim/{i}"] for i in range(cfg.model.z_dim)],
-        "switch_on_order": [list(map(_plain, x)) for x in viz.switch_on_order(rows)],
-        "latent_factors": [{k: _plain(v) for k, v in r.items()} for r in viz.latent_factor_table(encode)],
+        "switch_on_order": [list(map(_plain, x)) for x in latents.switch_on_order(rows)],
+        "latent_factors": [{k: _plain(v) for k, v in r.items()} for r in latents.latent_factor_table(encode)],
         "provenance": result.get("provenance"), "run_dir": str(run_dir),
         "eval_settings": result.get("settings"), "eval_seconds": result.get("seconds"), "cache_key": key,
     }
@@ -210,13 +210,13 @@ def write_results(rows: list[dict], out: Path, budget: str) -> None:
 
 def write_seeds_figure(rows: list[dict], path: Path) -> Path | None:
     """Reconstruction NLL and KL over training of every seed, one row per experiment."""
-    from bcvae import viz
+    from bcvae import track, viz
 
     histories: dict[str, dict[str, list]] = {}
     for r in rows:
         log_file = Path(r.get("run_dir", "")) / "metrics.jsonl"
         if log_file.is_file():
-            histories.setdefault(r["experiment"], {})[f"seed {r['seed']}"] = viz.load_history(log_file.parent)
+            histories.setdefault(r["experiment"], {})[f"seed {r['seed']}"] = track.load_history(log_file.parent)
     if not histories:
         return None
     viz.seeds_figure(histories).savefig(path, dpi=110)

@@ -179,6 +179,15 @@ class Tracker:
             log.warning("W&B logging failed (%s: %s); the local log keeps every scalar", type(err).__name__, err)
 
 
+def tracker_for(run_dir: Path, config: dict, log_cfg: Any, *, name: str, group: str | None,
+                run_id: str | None = None, provenance: dict | None = None) -> Tracker:
+    """A :class:`Tracker` with the W&B settings of a config's ``log`` section
+    (:class:`bcvae.config.LogConfig`): the one place ``log.wandb_*`` are read."""
+    return Tracker(run_dir, config, name=name, group=group, mode=log_cfg.wandb_mode,
+                   project=log_cfg.wandb_project, entity=log_cfg.wandb_entity, run_id=run_id,
+                   provenance=provenance)
+
+
 def _to_float(value: Any) -> float | int | str | None:
     if isinstance(value, (int, str)) and not isinstance(value, bool):
         return value

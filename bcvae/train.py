@@ -8,8 +8,17 @@ Schedules (capacity C, learning rate) and the data order are pure functions of
 the global step / epoch, so nothing else needs saving. A run whose checkpoint
 exists resumes automatically.
 
-Checkpoint I/O (atomic writes, safe loading, RNG state) lives in
-:mod:`bcvae.checkpoint`; encoding images for the metrics in :mod:`bcvae.encode`.
+Checkpoint I/O (atomic writes, safe loading, RNG state, the run directory's
+lock) lives in :mod:`bcvae.checkpoint`; encoding images for the metrics in
+:mod:`bcvae.encode`; what several processes exchange (torchrun) in
+:mod:`bcvae.distributed`; training every fold of an experiment in :mod:`bcvae.crossval`.
+
+Why this file is longer than the others: :class:`Trainer` is one state machine
+(global step, epoch, position in the epoch, RNG streams, optimisers, W&B run id),
+and nearly every method reads or advances that state. Split up, the pieces would
+hand the state back and forth; together they read top to bottom in the order a
+run lives: construction, run directory and resume, one optimisation step, the
+epoch loop, what is logged and validated, the end of the run.
 """
 
 from __future__ import annotations
@@ -18,23 +27,25 @@ import contextlib
 import json
 import logging
 import math
-import os
 import signal
+import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 from torch import nn
+from tqdm.auto import tqdm
 
 from bcvae import config as config_mod
-from bcvae import track, viz
+from bcvae import distributed, track, viz
 from bcvae.checkpoint import (
     CHECKPOINT_VERSION,
     pick_device,
     run_dir_for,
     load_checkpoint,
+    lock_run_dir,
+    read_json,
     rng_state,
     save_checkpoint,
     seed_everything,
@@ -48,7 +59,7 @@ from bcvae.encode import image_source, make_encode
 from bcvae.evaluate import accumulate, flatten_scores, heldout_terms, mean_terms, validation_indices
 from bcvae.errors import CheckpointError, Interrupted, TrainingError
 from bcvae.losses import discriminator_loss, vae_loss
-from bcvae.model import VAE, Discriminator
+from bcvae.model import VAE, discriminator_for
 
 log = logging.getLogger("bcvae")
 
@@ -66,53 +77,6 @@ def lr_at(train_cfg, epoch: int) -> float:
 def sample_posterior(model: VAE, x: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
     """z ~ q(z|x), ``(B, 1, 64, 64)`` -> ``(B, D)``; ``eps`` ``(B, D)`` defaults to fresh noise."""
     return model.reparameterise(*model.encode(x), eps)
-
-
-# ---------------------------------------------------------------- distributed
-
-def dist_context() -> tuple[int, int]:
-    """(rank, world size); initialises the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
-        return 0, 1
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return dist.get_rank(), world
-
-
-def end_distributed() -> None:
-    """Tear down a torchrun worker's process group (no-op in a single process)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
-
-
-class _GatherRows(torch.autograd.Function):
-    """All-gather every process's rows ``(b, K)`` into the global batch ``(W·b, K)``, differentiably.
-
-    Every process then evaluates batch-level loss terms (γ·|KL − C|, the TC
-    estimators, the FactorVAE discriminator) on identical global tensors, so the
-    gradient reaching its own rows is that of the one-process loss. It is scaled
-    by W because DistributedDataParallel averages the processes' gradients.
-    """
-
-    @staticmethod
-    def forward(ctx, rows: torch.Tensor) -> torch.Tensor:
-        import torch.distributed as dist
-
-        ctx.rank, ctx.world, ctx.rows = dist.get_rank(), dist.get_world_size(), rows.shape[0]
-        parts = [torch.empty_like(rows) for _ in range(ctx.world)]
-        dist.all_gather(parts, rows.contiguous())
-        return torch.cat(parts)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        start = ctx.rank * ctx.rows
-        return grad[start:start + ctx.rows] * ctx.world
 
 
 def _adam(params, lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
@@ -137,7 +101,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, *, fresh: bool = False, group: str | None = None):
         self.cfg = cfg
-        self.rank, self.world = dist_context()
+        self.rank, self.world = distributed.start()
         if self.rank:
             log.setLevel(logging.WARNING)  # one process reports progress; warnings still show
         self.device = self._device()
@@ -151,7 +115,7 @@ class Trainer:
         self.dir = run_dir_for(cfg)
         self.ckpt_path = self.dir / "checkpoint.pt"
         self.max_overshoot = -math.inf  # capacity objective: largest logged KL − C (restored on resume)
-        self._lock = self._lock_run_dir() if self.rank == 0 else None
+        self._lock = lock_run_dir(self.dir) if self.rank == 0 else None
         try:
             self._setup(fresh, group)
         except BaseException:
@@ -177,21 +141,6 @@ class Trainer:
 
     # ---- construction
 
-    def _lock_run_dir(self):
-        """Hold ``<run dir>.lock`` while this trainer lives: a second training of the
-        same run would interleave checkpoints and logs (or ``--fresh`` would move the
-        directory away under the first). The OS drops the lock when a process dies."""
-        import filelock
-
-        self.dir.parent.mkdir(parents=True, exist_ok=True)
-        lock = filelock.FileLock(str(self.dir.with_name(self.dir.name + ".lock")))
-        try:
-            lock.acquire(timeout=0)
-        except filelock.Timeout:
-            raise TrainingError(f"{self.dir} is in use by another training (lock {lock.lock_file}); "
-                                "wait for it to finish or stop it first") from None
-        return lock
-
     def release(self) -> None:
         """Release the run directory (``fit`` does this when it returns or fails)."""
         if self._lock is not None:
@@ -199,11 +148,8 @@ class Trainer:
             self._lock = None
 
     def _device(self) -> torch.device:
-        if self.world > 1 and torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            torch.cuda.set_device(local)
-            return torch.device("cuda", local)
-        return pick_device(self.cfg.train.device)
+        local = distributed.local_cuda_device(self.world)  # torchrun: this process's GPU
+        return local if local is not None else pick_device(self.cfg.train.device)
 
     def _build_models(self) -> None:
         cfg = self.cfg
@@ -211,15 +157,12 @@ class Trainer:
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         self.model = VAE(cfg.model.z_dim, cfg.model.arch).to(self.device, memory_format=self.memory_format)
         self.opt = _adam(self.model.parameters(), cfg.train.lr, (cfg.train.adam_beta1, cfg.train.adam_beta2))
-        self.disc = self.disc_opt = None
-        if cfg.loss.objective == "factor":
-            self.disc = Discriminator(cfg.model.z_dim).to(self.device)
+        self.disc = discriminator_for(cfg.loss.objective, cfg.model.z_dim)  # FactorVAE's, else None
+        self.disc_opt = None
+        if self.disc is not None:
+            self.disc.to(self.device)
             self.disc_opt = _adam(self.disc.parameters(), cfg.loss.disc_lr, (cfg.loss.disc_beta1, cfg.loss.disc_beta2))
-        self.model_ddp = self.model
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            self.model_ddp = DDP(self.model)
+        self.model_ddp = distributed.wrap(self.model, self.world)
 
     def _fast_model(self) -> nn.Module:
         """The module the training step calls: compiled (``train.compile``) or the eager one."""
@@ -244,10 +187,8 @@ class Trainer:
 
     def _tracker(self, group: str | None) -> track.Tracker:
         cfg = self.cfg
-        tracker = track.Tracker(
-            self.dir, config_mod.to_dict(cfg), name=f"{cfg.name}-fold{cfg.data.fold}",
-            group=group or cfg.name, mode=cfg.log.wandb_mode, project=cfg.log.wandb_project,
-            entity=cfg.log.wandb_entity, run_id=self.run_id, provenance=self.split.provenance)
+        tracker = track.tracker_for(self.dir, config_mod.to_dict(cfg), cfg.log, name=f"{cfg.name}-fold{cfg.data.fold}",
+                                    group=group or cfg.name, run_id=self.run_id, provenance=self.split.provenance)
         self.run_id = tracker.run_id
         return tracker
 
@@ -258,10 +199,7 @@ class Trainer:
             aside = self.dir.with_name(f"{self.dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
             self.dir.rename(aside)
             log.info("--fresh: moved the previous run to %s", aside)
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
+        distributed.barrier(self.world)
         if self.rank == 0:  # temporaries of checkpoint writes that a kill interrupted
             for tmp in self.dir.glob(f".{self.ckpt_path.name}.tmp-*"):
                 tmp.unlink(missing_ok=True)
@@ -341,10 +279,7 @@ class Trainer:
         """Rank 0 writes; every process waits for it, so none exits (and has torchrun stop rank 0) mid-write."""
         if self.rank == 0:
             self._write_checkpoint()
-        if self.world > 1:
-            import torch.distributed as dist
-
-            dist.barrier()
+        distributed.barrier(self.world)
 
     def _write_checkpoint(self) -> None:
         if self.tracker is not None:
@@ -383,7 +318,7 @@ class Trainer:
             self.disc.requires_grad_(False)
         with self._amp():
             logits, mu, logvar, z = self.train_model(x, self._noise())
-            mu, logvar, z = self._global_rows(mu.float(), logvar.float(), z.float())
+            mu, logvar, z = distributed.gather_rows((mu.float(), logvar.float(), z.float()), self.world)
             loss, terms = vae_loss(cfg.loss, x, logits.float(), mu, logvar, z,
                                    self.step, discriminator=self.disc, dataset_size=len(self.split.train))
         self.opt.zero_grad(set_to_none=True)
@@ -398,11 +333,11 @@ class Trainer:
         self.disc.requires_grad_(True)
         with torch.no_grad(), self._amp():
             z_other = sample_posterior(self.model, x_other, self._noise()).float()
-            (z_other,) = self._global_rows(z_other)
+            (z_other,) = distributed.gather_rows((z_other,), self.world)
         d_loss, d_terms = discriminator_loss(self.disc, z, z_other)
         self.disc_opt.zero_grad(set_to_none=True)
         d_loss.backward()
-        self._average_disc_grads()
+        distributed.average_gradients(self.disc.parameters(), self.world)
         self.disc_opt.step()
         return d_terms
 
@@ -412,30 +347,8 @@ class Trainer:
         Every process draws the whole ``(B, D)`` from the same generator state, so
         W processes use exactly the noise one process would.
         """
-        share = self.cfg.train.batch_size // self.world
         eps = torch.randn(self.cfg.train.batch_size, self.model.z_dim, device=self.device)
-        return eps[self.rank * share:(self.rank + 1) * share]
-
-    def _global_rows(self, *parts: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """This process's ``(B/W, K_i)`` tensors -> the global batch's ``(B, K_i)`` (identity in one process)."""
-        if self.world == 1:
-            return parts
-        gathered = _GatherRows.apply(torch.cat(parts, dim=1))
-        return gathered.split([p.shape[1] for p in parts], dim=1)
-
-    def _average_disc_grads(self) -> None:
-        """Average discriminator gradients over processes, keeping every rank's copy identical.
-
-        Every process computes the same loss on the same gathered codes, so this
-        only guards against non-deterministic kernels letting the copies drift.
-        (Wrapping it in DDP would not do: its loss calls it twice per backward.)
-        """
-        if self.world > 1:
-            import torch.distributed as dist
-
-            for p in self.disc.parameters():
-                dist.all_reduce(p.grad)
-                p.grad /= self.world
+        return distributed.share(eps, self.rank, self.world)
 
     def _guarded_step(self, x, x_other) -> dict:
         """``_train_step`` with a fallback to eager mode when the compiler fails at first use.
@@ -473,8 +386,7 @@ class Trainer:
         """This process's share of global batch ``i`` of ``order`` (wrapping around for long epochs)."""
         b = self.cfg.train.batch_size
         idx = np.take(order, np.arange(i * b, (i + 1) * b), mode="wrap")
-        share = b // self.world
-        return idx[self.rank * share:(self.rank + 1) * share]
+        return distributed.share(idx, self.rank, self.world)
 
     def _train_epoch(self) -> bool:
         """Train until the epoch ends (True) or the step budget is reached (False)."""
@@ -508,39 +420,18 @@ class Trainer:
         return self.step_in_epoch >= n_steps
 
     def _progress(self, total: int):
-        from tqdm.auto import tqdm
-
         return tqdm(total=total, initial=self.step_in_epoch, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}",
                     disable=not self.cfg.log.progress or self.rank != 0, dynamic_ncols=True, leave=False)
 
     def _stop_requested(self) -> bool:
         """A signal arrived. Processes agree every ``log.every_train`` steps, so all stop at the same step."""
-        if self.world == 1:
-            return self._stop_signal is not None
-        if self.step % self.cfg.log.every_train:
+        if self.world > 1 and self.step % self.cfg.log.every_train:
             return False
-        import torch.distributed as dist
-
-        flag = torch.tensor([self._stop_signal or 0], device=self.device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        self._stop_signal = int(flag.item()) or None
+        self._stop_signal = distributed.agree_on_stop(self._stop_signal, self.device, self.world)
         return self._stop_signal is not None
 
-    def _mean_over_ranks(self, sums: dict) -> dict:
-        """Accumulated terms averaged over processes: the global batch's numbers (equal shares)."""
-        if self.world == 1:
-            return sums
-        import torch.distributed as dist
-
-        keys = list(sums)  # the same order on every process: the same code filled it
-        flat = [torch.as_tensor(sums[k], dtype=torch.float64, device=self.device).reshape(-1) for k in keys]
-        total = torch.cat(flat)
-        dist.all_reduce(total)
-        parts = (total / self.world).split([f.numel() for f in flat])
-        return {k: part.reshape(torch.as_tensor(sums[k]).shape) for k, part in zip(keys, parts)}
-
     def _log_train(self, sums: dict, count: int, tic: float, bar) -> None:
-        values = mean_terms(self._mean_over_ranks(sums), count, "train")
+        values = mean_terms(distributed.mean_over_ranks(sums, self.device, self.world), count, "train")
         if not math.isfinite(values["train/loss"]):
             raise TrainingError(
                 f"non-finite training loss ({values['train/loss']}) within steps {self.step - count + 1}..{self.step} "
@@ -603,7 +494,7 @@ class Trainer:
 
     def evaluate(self, metric_names) -> dict:
         """Disentanglement metrics of the encoder mean (see :mod:`bcvae.metrics`)."""
-        from bcvae.metrics import evaluate
+        from bcvae.metrics import evaluate  # lazy for start-up time: scikit-learn and scipy load in ~1 s
 
         encode = make_encode(self.model, self.device, channels_last=self.cfg.train.channels_last)
         render = image_source(self.split.provenance, lambda: load_all(self.cfg.data))
@@ -686,11 +577,11 @@ class Trainer:
     def _completed_summary(self) -> dict | None:
         """``summary.json`` when the run is complete at its checkpoint's step: the summary is of
         that step and, when ``eval.at_end`` asks for metrics, so is ``eval.json``. Else None."""
-        summary = _read_json(self.dir / "summary.json")
+        summary = read_json(self.dir / "summary.json")
         if summary is None or summary.get("step") != self.step:
             return None
         if self.cfg.eval.at_end and self.cfg.eval.metrics:
-            result = _read_json(self.dir / "eval.json")
+            result = read_json(self.dir / "eval.json")
             if result is None or result.get("step") != self.step:
                 return None
         return summary
@@ -700,8 +591,6 @@ class Trainer:
         """SIGTERM / SIGINT set a flag; the loop checkpoints at the next step and stops."""
         def handler(signum, _frame):
             self._stop_signal = signum
-
-        import threading
 
         if threading.current_thread() is not threading.main_thread():
             yield
@@ -721,67 +610,9 @@ class Trainer:
             "Run the same command again to resume.", self._stop_signal)
 
 
-def _read_json(path: Path) -> dict | None:
-    """A JSON object from ``path``; None when it is missing, empty, torn or not an object."""
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
-
-
 def train(cfg: Config, *, fresh: bool = False, group: str | None = None) -> dict:
     """Train (or resume) one run; see :class:`Trainer`."""
     try:
         return Trainer(cfg, fresh=fresh, group=group).fit()
     finally:
-        end_distributed()
-
-
-def cross_validate(cfg: Config, *, fresh: bool = False) -> dict:
-    """Train folds 0..k-1 (one W&B group), then summarise mean ± std over folds.
-
-    Writes ``<run_dir>/<name>/cv_summary.json`` and logs the summary to W&B.
-    """
-    import copy
-
-    per_fold = []
-    try:  # Trainer, not train(): that ends a torchrun worker's process group after one fold
-        for fold in range(cfg.data.k):
-            fold_cfg = copy.deepcopy(cfg)
-            fold_cfg.data.fold = fold
-            per_fold.append(Trainer(fold_cfg, fresh=fresh, group=cfg.name).fit())
-        rank = dist_context()[0]
-    finally:
-        end_distributed()
-    keys = sorted({k for s in per_fold for k, v in s.items()
-                   if isinstance(v, (int, float)) and k.startswith(("val/", "eval/"))})
-    for key in keys:  # a mean over the folds that happen to have a number would hide the others
-        missing = [fold for fold, s in enumerate(per_fold) if key not in s]
-        if missing:
-            raise TrainingError(f"cross-validation of {cfg.name}: fold(s) {missing} have no {key!r} in their "
-                                f"summary.json; rerun `bcvae cv` to finish them")
-    summary = {}
-    for key in keys:
-        values = np.array([s[key] for s in per_fold], dtype=float)
-        summary[key] = {"mean": float(values.mean()), "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                        "values": values.tolist()}
-    out = {"experiment": cfg.name, "folds": cfg.data.k, "metrics": summary}
-    if rank == 0:
-        write_json(Path(cfg.run_dir) / cfg.name / "cv_summary.json", out)
-        _log_cv_summary(cfg, summary)
-    return out
-
-
-def _log_cv_summary(cfg: Config, summary: dict) -> None:
-    for key, s in summary.items():
-        if "kl_dim" not in key:
-            log.info("%-28s %.4f ± %.4f  (n=%d)", key, s["mean"], s["std"], len(s["values"]))
-    tracker = track.Tracker(Path(cfg.run_dir) / cfg.name / "cv", config_mod.to_dict(cfg), name=f"{cfg.name}-cv",
-                            group=cfg.name, mode=cfg.log.wandb_mode, project=cfg.log.wandb_project,
-                            entity=cfg.log.wandb_entity)
-    flat = {f"cv/{k}/mean": s["mean"] for k, s in summary.items()}
-    flat.update({f"cv/{k}/std": s["std"] for k, s in summary.items()})
-    tracker.log(flat, step=0)
-    tracker.summary(flat)
-    tracker.finish()
+        distributed.end()

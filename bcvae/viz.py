@@ -7,7 +7,10 @@ Two layers:
   :func:`traversal_grid`, :func:`write_traversal_gif`), used by the trainer to
   log images to W&B (which logs float images as black) and by the figures;
 * matplotlib figures (``*_figure``), returned and never shown, so they work
-  headless, in notebooks, and in :func:`write_run_plots` (``bcvae plots RUN``).
+  headless, in notebooks, and in :func:`bcvae.plots.write_run_plots` (``bcvae plots RUN``).
+
+The numbers they draw (KL per latent, switch-on order, latent-factor scores) come from
+:mod:`bcvae.latents`; loading a run from disk is :mod:`bcvae.plots`.
 
 Figures are built on :class:`matplotlib.figure.Figure` directly, not through
 ``pyplot``: nothing is registered globally, so writing many plots leaks nothing
@@ -16,40 +19,26 @@ and a notebook shows a figure exactly once (when it is the cell's value).
 
 from __future__ import annotations
 
-import json
-import logging
-import math
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
 
-from bcvae.checkpoint import checkpoint_path, load_model
-from bcvae.data import FACTOR_NAMES, FACTOR_SIZES, latents_values, render_dsprites
-from bcvae.track import is_number, load_history
+from bcvae.data import FACTOR_NAMES, FACTOR_SIZES, latents_values
+from bcvae.latents import (
+    SWITCH_ON_NATS,
+    factor_scores,
+    last_kl_per_latent,
+    latent_kl,
+    n_latents,
+    order_by_kl,
+    series,
+)
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from bcvae.config import Config
-
-log = logging.getLogger("bcvae")
-
-SWITCH_ON_NATS = math.log(2.0)
-"""A latent counts as switched on once its KL reaches one bit (ln 2 ≈ 0.693 nats).
-
-The data-averaged KL of latent j, E_x KL(q(z_j|x) ‖ N(0, 1)), is an upper bound
-on the information z_j carries about the image, I(x; z_j) (Hoffman & Johnson
-2016, "ELBO surgery"). Below one bit the latent cannot even tell two kinds of
-image apart; a collapsed latent sits at ~0, and each latent encoding a dSprites
-factor carries several nats at the end of training (Burgess et al. 2018, fig. 3).
-"""
-
-# dSprites factors a model can encode: colour has a single value.
-FACTORS = tuple(i for i, size in enumerate(FACTOR_SIZES) if size > 1)
 SHAPE_LABELS = ("square", "ellipse", "heart")
 
 
@@ -159,147 +148,6 @@ def write_traversal_gif(frames: np.ndarray, path: Path, duration_ms: int = 120) 
     return path
 
 
-# ================================================================ history: JSONL or W&B
-
-def series(rows: Sequence[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(steps, values)`` of every row that has ``key``."""
-    pairs = [(r["step"], r[key]) for r in rows if is_number(r.get(key))]
-    steps, values = zip(*pairs) if pairs else ((), ())
-    return np.asarray(steps, np.int64), np.asarray(values, np.float64)
-
-
-def n_latents(rows: Sequence[dict], split: str = "train") -> int:
-    """Number of latents logged as ``<split>/kl_dim/<i>``."""
-    prefix = f"{split}/kl_dim/"
-    return max((int(k[len(prefix):]) + 1 for r in rows for k in r if k.startswith(prefix)), default=0)
-
-
-def last_kl_per_latent(rows: Sequence[dict], split: str = "val") -> np.ndarray | None:
-    """KL per latent ``(D,)`` in nats from the last row that logged ``<split>/kl_dim/*``."""
-    d = n_latents(rows, split)
-    for row in reversed(rows):
-        if f"{split}/kl_dim/0" in row:
-            return np.array([row.get(f"{split}/kl_dim/{i}", np.nan) for i in range(d)])
-    return None
-
-
-def switch_on_order(rows: Sequence[dict], threshold_nats: float = SWITCH_ON_NATS,
-                    split: str = "train") -> list[tuple[int, int]]:
-    """The order in which latents switched on: ``[(latent, step), ...]`` by step.
-
-    A latent switches on at the first logged step where its KL
-    (``<split>/kl_dim/<i>``, each training row already an average over the
-    logging interval) reaches ``threshold_nats`` (default one bit, see
-    :data:`SWITCH_ON_NATS`). Latents that never do are left out; latents that
-    switch on at the same logged step are ordered by their KL there, largest first.
-    """
-    rows = sorted(rows, key=lambda r: r["step"])
-    found = []
-    for i in range(n_latents(rows, split)):
-        steps, kl = series(rows, f"{split}/kl_dim/{i}")
-        above = np.flatnonzero(kl >= threshold_nats)
-        if len(above):
-            found.append((int(steps[above[0]]), -float(kl[above[0]]), i))
-    return [(i, step) for step, _, i in sorted(found)]
-
-
-# ================================================================ which latent encodes which factor
-
-def factor_codes(encode: Callable[[np.ndarray], np.ndarray], *,
-                 render: Callable[[np.ndarray], np.ndarray] = render_dsprites,
-                 n_per_value: int = 32, seed: int = 0) -> dict[str, np.ndarray]:
-    """Codes of images with one factor fixed at each of its values, the others random.
-
-    For every factor f with more than one value (shape, scale, orientation,
-    posX, posY) and every value v of f, ``n_per_value`` images are rendered with
-    f = v and the other factors drawn uniformly, then encoded.
-
-    Parameters
-    ----------
-    encode : images ``(N, 64, 64)`` uint8 -> codes ``(N, D)`` (e.g. the encoder mean,
-        :func:`bcvae.encode.make_encode`).
-    render : latents_classes ``(N, 6)`` int -> images ``(N, 64, 64)``.
-
-    Returns
-    -------
-    ``{factor name: codes (V_f, n_per_value, D)}``. Averaging axis 1 gives the
-    mean code as the factor varies, marginalising the other factors.
-    """
-    rng = np.random.default_rng(seed)
-    out = {}
-    for f in FACTORS:
-        n = FACTOR_SIZES[f] * n_per_value
-        classes = np.stack([rng.integers(0, size, n) for size in FACTOR_SIZES], axis=1)
-        classes[:, f] = np.repeat(np.arange(FACTOR_SIZES[f]), n_per_value)
-        codes = np.asarray(encode(render(classes)), dtype=np.float64)
-        out[FACTOR_NAMES[f]] = codes.reshape(FACTOR_SIZES[f], n_per_value, -1)
-    return out
-
-
-def factor_scores(codes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Fraction of each latent's variance explained by each factor, ``{factor: (D,)}`` in [0, 1].
-
-    The correlation ratio η² = Var_v(E[z_j | f = v]) / Var(z_j), with the
-    between-value variance corrected for the noise of averaging
-    ``n_per_value`` samples (E[Var_v(mean)] = Var_v(E) + E[within]/n). The
-    dSprites factors are independent and uniform, so each factor's stratified
-    sample is also a uniform sample of the data set and gives Var(z_j).
-    """
-    scores = {}
-    for name, c in codes.items():
-        n = c.shape[1]
-        between = c.mean(axis=1).var(axis=0)
-        within = c.var(axis=1, ddof=1).mean(axis=0) if n > 1 else np.zeros(c.shape[2])
-        flat = c.reshape(-1, c.shape[2])
-        total = flat.var(axis=0)
-        # A constant code (variance below float32 resolution) is explained by nothing.
-        varies = total > (1e-6 * (1.0 + np.abs(flat.mean(axis=0)))) ** 2
-        with np.errstate(divide="ignore", invalid="ignore"):
-            eta2 = np.where(varies, (between - within / n) / total, 0.0)
-        scores[name] = np.clip(eta2, 0.0, 1.0)
-    return scores
-
-
-def factor_table(codes: dict[str, np.ndarray], kl: np.ndarray | None = None,
-                 threshold_nats: float = SWITCH_ON_NATS) -> list[dict]:
-    """One row per latent: the factor it varies most with, from :func:`factor_codes`.
-
-    Each row: ``latent``, ``factor`` (name), ``score`` (its η², the fraction of
-    the latent's variance that factor explains), ``scores`` (every factor),
-    ``code_std`` (spread of the code over the data; ~0 for a collapsed latent)
-    and, when ``kl`` (D,) nats is given, ``kl`` and ``active`` (kl ≥ threshold).
-    Rows are sorted by KL (largest first) when ``kl`` is given, else by latent.
-    A collapsed latent still gets an argmax factor: read ``active`` first.
-    """
-    scores = factor_scores(codes)
-    names = list(scores)
-    matrix = np.stack([scores[n] for n in names])  # (F, D)
-    std = np.sqrt(np.mean([c.reshape(-1, c.shape[2]).var(axis=0) for c in codes.values()], axis=0))
-    rows = []
-    for j in range(matrix.shape[1]):
-        best = int(np.argmax(matrix[:, j]))
-        row = {"latent": j, "factor": names[best], "score": float(matrix[best, j]),
-               "scores": {n: float(matrix[k, j]) for k, n in enumerate(names)}, "code_std": float(std[j])}
-        if kl is not None:
-            row.update(kl=float(kl[j]), active=bool(kl[j] >= threshold_nats))
-        rows.append(row)
-    if kl is not None:
-        rows.sort(key=lambda r: -r["kl"])
-    return rows
-
-
-def latent_factor_table(encode: Callable[[np.ndarray], np.ndarray], *,
-                        render: Callable[[np.ndarray], np.ndarray] = render_dsprites,
-                        n_per_value: int = 32, seed: int = 0, kl: np.ndarray | None = None,
-                        threshold_nats: float = SWITCH_ON_NATS) -> list[dict]:
-    """Latent -> the dSprites factor it encodes, with a normalised score (η² in [0, 1]).
-
-    :func:`factor_codes` then :func:`factor_table`; see those for the arguments.
-    """
-    codes = factor_codes(encode, render=render, n_per_value=n_per_value, seed=seed)
-    return factor_table(codes, kl, threshold_nats)
-
-
 # ================================================================ figures
 
 def _figure(width: float, height: float) -> Figure:
@@ -310,20 +158,6 @@ def _figure(width: float, height: float) -> Figure:
 
 def _latent_label(d: int, kl: np.ndarray | None) -> str:
     return f"z{d}" if kl is None else f"z{d}\n{kl[d]:.2f} nats"
-
-
-def order_by_kl(kl: np.ndarray) -> list[int]:
-    """Latent indices, most informative (largest KL) first."""
-    return [int(i) for i in np.argsort(-np.nan_to_num(np.asarray(kl, np.float64), nan=-np.inf), kind="stable")]
-
-
-@torch.no_grad()
-def latent_kl(model: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
-    """KL per latent ``(D,)`` in nats of images ``x`` ``(B, 1, 64, 64)`` (when no log has it)."""
-    from bcvae.losses import kl_per_dim
-
-    mu, logvar = model.encode(x)
-    return kl_per_dim(mu.float(), logvar.float()).cpu().numpy().astype(np.float64)
 
 
 def traversal_figure(model: torch.nn.Module, x: torch.Tensor, kl: np.ndarray | None = None,
@@ -372,7 +206,7 @@ def kl_emergence_figure(rows: Sequence[dict], split: str = "train",
                         threshold_nats: float = SWITCH_ON_NATS) -> Figure:
     """KL of each latent over training steps, the total KL and (capacity objective) C(step).
 
-    One axes. ``rows`` are logged scalars (:func:`load_history`); per-latent
+    One axes. ``rows`` are logged scalars (:func:`bcvae.track.load_history`); per-latent
     KL from ``<split>/kl_dim/<i>``, total from ``<split>/kl``, capacity from
     ``train/C`` when logged. Legend entries are ordered by final KL.
     """
@@ -465,7 +299,7 @@ def seeds_figure(histories: dict[str, dict[str, Sequence[dict]]],
     """Curves of several runs side by side: one row per experiment, one column per
     quantity, one line per run (seed).
 
-    ``histories`` maps experiment -> {run label: logged rows (:func:`load_history`)}.
+    ``histories`` maps experiment -> {run label: logged rows (:func:`bcvae.track.load_history`)}.
     Seeds of one objective can differ most in *when* they learn: a run that sits on
     the reconstruction plateau of an uninformative code (the mean image) for a
     while shows here as a late drop, which a mean ± std table hides.
@@ -496,12 +330,12 @@ def latent_factor_figure(codes: dict[str, np.ndarray], kl: np.ndarray | None = N
                          dims: Sequence[int] | None = None) -> Figure:
     """Mean code of each latent (rows) as each factor varies (columns).
 
-    ``codes`` from :func:`factor_codes`; the other factors are averaged out.
+    ``codes`` from :func:`bcvae.latents.factor_codes`; the other factors are averaged out.
     Rows follow ``dims`` (default: by KL when given). One axes per (latent,
     factor), drawing the mean code minus the latent's overall mean, ± the
     spread over the other factors; all share the y axis, so a collapsed latent
     is a flat line. Each
-    axes is annotated with η² (:func:`factor_scores`); the factor a latent
+    axes is annotated with η² (:func:`bcvae.latents.factor_scores`); the factor a latent
     varies most with is drawn in colour.
     """
     names = list(codes)
@@ -539,111 +373,3 @@ def _factor_panel(ax, codes: np.ndarray, name: str, eta2: float, best: bool) -> 
     if name == "shape":
         ax.set_xticks(x, SHAPE_LABELS)
     ax.tick_params(labelsize=6)
-
-
-# ================================================================ a run on disk
-
-@dataclass
-class Run:
-    """A trained run loaded for plotting.
-
-    Attributes
-    ----------
-    dir : ``runs/<exp>/fold<k>``
-    model : the VAE in eval mode; cfg : its config; ckpt : the checkpoint dict
-    rows : logged scalars merged by step (:func:`load_history`)
-    images : ``(N, 1, 64, 64)`` float held-out images on the model's device
-    images_from : where ``images`` came from (the validation fold, or rendered)
-    """
-
-    dir: Path
-    model: torch.nn.Module
-    cfg: Config
-    ckpt: dict
-    rows: list[dict]
-    images: torch.Tensor
-    images_from: str
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    def kl(self) -> np.ndarray:
-        """KL per latent ``(D,)`` nats: the last validation log, else computed on :attr:`images`."""
-        kl = last_kl_per_latent(self.rows, "val")
-        return kl if kl is not None else latent_kl(self.model, self.images)
-
-    def encode(self, images: np.ndarray) -> np.ndarray:
-        """uint8 images ``(N, 64, 64)`` -> encoder means ``(N, D)``."""
-        from bcvae.encode import make_encode
-
-        return make_encode(self.model, self.device, batch_size=512)(images)
-
-
-def load_run(run_dir: Path, n_images: int = 256, history: str = "auto") -> Run:
-    """Load ``run_dir``'s checkpoint, logged history and ``n_images`` held-out images.
-
-    Images are the first ``n_images`` of the run's validation fold when its fold
-    cache exists (never training data); otherwise (cache moved or deleted) they
-    are rendered procedurally from a seeded sample of factors.
-    """
-    run_dir = Path(run_dir)
-    model, cfg, ckpt = load_model(checkpoint_path(run_dir))
-    rows = load_history(run_dir, history)
-    device = next(model.parameters()).device
-    images, source = _held_out_images(cfg, n_images)
-    x = torch.from_numpy(images).to(device).unsqueeze(1).float()
-    return Run(run_dir, model, cfg, ckpt, rows, x, source)
-
-
-def _held_out_images(cfg: Config, n: int) -> tuple[np.ndarray, str]:
-    """``(n, 64, 64)`` uint8 images of the validation fold, or rendered ones without a cache."""
-    from bcvae.data import cache_path, load_split
-
-    if cache_path(cfg.data).exists():
-        val = load_split(cfg.data).val
-        shown = display_sample(val.factors, min(n, len(val)), seed=cfg.seed)
-        return val.images(shown), f"validation fold {cfg.data.fold}"
-    rng = np.random.default_rng(cfg.seed)
-    classes = np.stack([rng.integers(0, size, n) for size in FACTOR_SIZES], axis=1)
-    log.info("no fold cache at %s: plotting procedurally rendered images", cache_path(cfg.data))
-    return render_dsprites(classes), "rendered (no fold cache)"
-
-
-def write_run_plots(run_dir: Path, n_per_value: int = 32) -> list[Path]:
-    """Write every figure of a run as PNG under ``run_dir/plots/`` (``bcvae plots RUN``).
-
-    Files: ``reconstructions.png``, ``traversals.png``, ``traversals.gif``,
-    ``kl_emergence.png``, ``loss_curves.png``, ``information.png``, ``latent_factors.png``, and
-    ``latents.json`` (the latent -> factor table and the switch-on order).
-    Returns the paths written.
-    """
-    tic = time.perf_counter()
-    run = load_run(run_dir)
-    log.info("loaded %s (step %d) in %.1f s", run_dir, run.ckpt["step"], time.perf_counter() - tic)
-    out = Path(run_dir) / "plots"
-    out.mkdir(parents=True, exist_ok=True)
-    kl = run.kl()
-    tic = time.perf_counter()
-    codes = factor_codes(run.encode, n_per_value=n_per_value, seed=run.cfg.seed)
-    log.info("rendered and encoded the factor sweeps in %.1f s; drawing the figures", time.perf_counter() - tic)
-    figures = {
-        "reconstructions": reconstruction_figure(run.model, run.images[:8]),
-        "traversals": traversal_figure(run.model, run.images[:1], kl),
-        "kl_emergence": kl_emergence_figure(run.rows),
-        "loss_curves": loss_curves_figure(run.rows),
-        "information": information_figure(run.rows),
-        "latent_factors": latent_factor_figure(codes, kl),
-    }
-    paths = []
-    for name, fig in figures.items():
-        paths.append(out / f"{name}.png")
-        fig.savefig(paths[-1], dpi=100)
-    frames = traversal_frames(run.model, run.images[:1], order_by_kl(kl), np.linspace(-3, 3, 13))
-    paths.append(write_traversal_gif(frames, out / "traversals.gif"))
-    paths.append(out / "latents.json")
-    summary = {"step": run.ckpt["step"], "images": run.images_from, "switch_on_nats": SWITCH_ON_NATS,
-               "switch_on_order": [{"latent": i, "step": step} for i, step in switch_on_order(run.rows)],
-               "factor_table": factor_table(codes, kl)}
-    paths[-1].write_text(json.dumps(summary, indent=2) + "\n")
-    return paths

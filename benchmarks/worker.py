@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from timing import first_call_seconds, interleaved, peak_rss_mb  # noqa: E402
 from training import TrainerSteps, bench_config  # noqa: E402
 
+from bcvae import distributed  # noqa: E402
+
 
 def ddp(args: argparse.Namespace) -> dict:
-    import torch.distributed as dist
-
     steps = TrainerSteps(bench_config("burgess", 10, args.batch, args.cache_dir, args.subset,
                                       compile=args.compile, threads=1, amp=args.amp))
     first = first_call_seconds(steps)
@@ -35,7 +35,7 @@ def ddp(args: argparse.Namespace) -> dict:
         steps()
     rates = []
     for _ in range(args.rounds):
-        dist.barrier()
+        distributed.barrier(steps.trainer.world)
         tic = time.perf_counter()
         for _ in range(args.steps):
             steps()
@@ -75,12 +75,10 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=1.5)
     p.add_argument("--amp", default="auto", help="train.amp: auto (float32 on a CPU) or bf16")
     args = p.parse_args()
-    from bcvae.train import end_distributed
-
     result = {"ddp": ddp, "rss": rss, "step": step}[args.what](args)
     if result.pop("rank", 0) == 0:
         print(json.dumps(result), flush=True)
-    end_distributed()
+    distributed.end()
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import wandb_records
-from bcvae import checkpoint, config, errors, train
+from bcvae import checkpoint, config, crossval, errors, train
 from conftest import ROOT, assert_same_params, params, smoke_overrides
 
 SMOKE = ROOT / "experiments" / "smoke.yaml"
@@ -288,7 +288,7 @@ def test_learning_rate_schedule_is_a_pure_function_of_the_epoch():
 
 def test_cross_validation_summarises_every_fold(tmp_path):
     cfg = load(tmp_path, "data.k=3", "train.epochs=1", "train.steps_per_epoch=3")
-    out = train.cross_validate(cfg)
+    out = crossval.cross_validate(cfg)
     per_fold = [json.loads((Path(cfg.run_dir) / "smoke" / f"fold{k}" / "summary.json").read_text()) for k in range(3)]
     rec = [s["val/rec"] for s in per_fold]
     assert out["metrics"]["val/rec"]["mean"] == pytest.approx(np.mean(rec))

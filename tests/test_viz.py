@@ -12,7 +12,7 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from bcvae import track, viz
+from bcvae import latents, plots, track, viz
 from bcvae.data import FACTOR_NAMES, FACTOR_SIZES, render_dsprites
 from bcvae.errors import RunFileError
 from bcvae.model import VAE
@@ -107,7 +107,7 @@ def test_traversal_figure_rows_are_latents_by_kl_columns_are_values(model, image
 def test_traversal_figure_without_kl_computes_it_on_the_image(model, images):
     fig = viz.traversal_figure(model, images[:1])
     assert tiles(shown(fig)) == (4, 9)  # 4 latents, default 9 values in -3..3
-    kl = viz.latent_kl(model, images[:1])
+    kl = latents.latent_kl(model, images[:1])
     first = fig.axes[0].get_yticklabels()[0].get_text()
     assert first.startswith(f"z{int(np.argmax(kl))}\n")
 
@@ -189,9 +189,9 @@ def test_switch_on_order_follows_first_crossing_of_one_bit():
         4: [0.0, 0.69, 3.0, 3.0],  # 0.69 < ln 2: on at 300, ahead of latent 1 (larger KL there)
     })
     rows.reverse()  # order of the rows must not matter
-    assert viz.switch_on_order(rows) == [(2, 100), (3, 200), (4, 300), (1, 300)]
-    assert viz.switch_on_order(rows, threshold_nats=0.25) == [(2, 100), (3, 200), (4, 200), (1, 300), (0, 400)]
-    assert viz.SWITCH_ON_NATS == pytest.approx(np.log(2))
+    assert latents.switch_on_order(rows) == [(2, 100), (3, 200), (4, 300), (1, 300)]
+    assert latents.switch_on_order(rows, threshold_nats=0.25) == [(2, 100), (3, 200), (4, 200), (1, 300), (0, 400)]
+    assert latents.SWITCH_ON_NATS == pytest.approx(np.log(2))
 
 
 def test_history_merges_rows_sharing_a_step():
@@ -199,7 +199,7 @@ def test_history_merges_rows_sharing_a_step():
     assert track.merge_by_step(rows) == [{"step": 1, "train/loss": 3.0},
                                        {"step": 5, "train/loss": 1.0, "val/loss": 2.0}]
     with pytest.raises(ValueError, match="history source"):
-        viz.load_history("anywhere", source="tensorboard")
+        track.load_history("anywhere", source="tensorboard")
 
 
 def test_non_wandb_file_is_refused_with_its_name(tmp_path):
@@ -234,7 +234,7 @@ def factor_encoder(seed: int = 1):
 
 
 def test_latent_factor_table_finds_the_factor_each_latent_is_built_from():
-    table = viz.latent_factor_table(factor_encoder(), render=factor_render, n_per_value=16)
+    table = latents.latent_factor_table(factor_encoder(), render=factor_render, n_per_value=16)
     by_latent = {row["latent"]: row for row in table}
     expected = {0: "posY", 2: "scale", 3: "posX", 4: "shape", 5: "orientation"}
     for j, factor in expected.items():
@@ -249,7 +249,7 @@ def test_latent_factor_table_finds_the_factor_each_latent_is_built_from():
 
 def test_latent_factor_table_orders_by_kl_and_marks_active_latents():
     kl = np.array([3.0, 0.01, 6.0, 2.0, 1.0, 0.5, 0.0])
-    table = viz.latent_factor_table(factor_encoder(), render=factor_render, n_per_value=8, kl=kl)
+    table = latents.latent_factor_table(factor_encoder(), render=factor_render, n_per_value=8, kl=kl)
     assert [row["latent"] for row in table] == [2, 0, 3, 4, 5, 1, 6]
     assert [row["active"] for row in table] == [True, True, True, True, False, False, False]
 
@@ -264,13 +264,13 @@ def test_latent_factor_table_on_rendered_sprites_with_a_geometric_encoder():
         row = (ink.sum(axis=2) * grid).sum(axis=1) / area
         return np.stack([row, area, col], axis=1)
 
-    table = viz.latent_factor_table(encode, n_per_value=8)
+    table = latents.latent_factor_table(encode, n_per_value=8)
     assert [r["factor"] for r in table] == ["posY", "scale", "posX"]
     assert min(r["score"] for r in table) > 0.6
 
 
 def test_latent_factor_figure_has_one_axes_per_latent_and_factor():
-    codes = viz.factor_codes(factor_encoder(), render=factor_render, n_per_value=4)
+    codes = latents.factor_codes(factor_encoder(), render=factor_render, n_per_value=4)
     assert {name: c.shape for name, c in codes.items()} == {
         name: (FACTOR_SIZES[FACTOR_NAMES.index(name)], 4, 7) for name in FACTORS}
     kl = np.arange(7, dtype=float)
@@ -284,18 +284,18 @@ def test_latent_factor_figure_has_one_axes_per_latent_and_factor():
 # ------------------------------------------------------------------ a real run
 
 def test_wandb_history_matches_the_jsonl_log(smoke_run):
-    local = viz.load_history(smoke_run, "jsonl")
+    local = track.load_history(smoke_run, "jsonl")
     remote = track.history_from_wandb(smoke_run)
     assert remote, "no history read back from the offline W&B run"
     for key in ("train/loss", "train/C", "val/kl", "train/kl_dim/0"):
-        steps_l, values_l = viz.series(local, key)
-        steps_r, values_r = viz.series(remote, key)
+        steps_l, values_l = latents.series(local, key)
+        steps_r, values_r = latents.series(remote, key)
         np.testing.assert_array_equal(steps_l, steps_r)
         np.testing.assert_allclose(values_l, values_r, rtol=1e-6)
 
 
 def test_write_run_plots_writes_every_figure(smoke_run):
-    paths = viz.write_run_plots(smoke_run, n_per_value=8)
+    paths = plots.write_run_plots(smoke_run, n_per_value=8)
     names = {p.name for p in paths}
     assert names == {"reconstructions.png", "traversals.png", "traversals.gif", "kl_emergence.png",
                      "loss_curves.png", "information.png", "latent_factors.png", "latents.json"}
@@ -304,7 +304,7 @@ def test_write_run_plots_writes_every_figure(smoke_run):
         if path.suffix == ".png":
             assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     summary = json.loads((smoke_run / "plots" / "latents.json").read_text())
-    z_dim = viz.n_latents(read_jsonl(smoke_run / "metrics.jsonl"))
+    z_dim = latents.n_latents(read_jsonl(smoke_run / "metrics.jsonl"))
     assert sorted(r["latent"] for r in summary["factor_table"]) == list(range(z_dim))
     assert summary["images"].startswith("validation fold")
 

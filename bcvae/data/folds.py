@@ -50,7 +50,7 @@ from bcvae.data.render import (
     render_full_dataset,
 )
 
-from bcvae.config import SOURCES
+from bcvae.config import SOURCES, split_problem
 
 if TYPE_CHECKING:
     from bcvae.config import DataConfig
@@ -104,17 +104,12 @@ def _concrete_source(data_cfg: DataConfig) -> str:
     return data_cfg.source
 
 
-def validate_data_config(data_cfg: DataConfig) -> None:
-    """Raise ``ValueError`` naming the key when ``k`` or ``subset`` is unusable."""
-    if data_cfg.k < 2:
-        raise ValueError(f"data.k must be >= 2 (one fold is held out), got {data_cfg.k}")
-    if not 0 <= data_cfg.subset <= N_IMAGES:
-        raise ValueError(f"data.subset must be in [0, {N_IMAGES}] (0 = all images), "
-                         f"got {data_cfg.subset}")
-    n = data_cfg.subset or N_IMAGES
-    if data_cfg.k > n:
-        raise ValueError(f"data.k = {data_cfg.k} folds is more than the {n} images "
-                         f"(data.subset = {data_cfg.subset})")
+def validate_data_config(data_cfg: DataConfig, *, with_fold: bool = False) -> None:
+    """Raise ``ValueError`` naming the key when ``k``, ``subset`` (or, ``with_fold``, ``fold``)
+    cannot make a split; the rules are :func:`bcvae.config.split_problem`'s."""
+    problem = split_problem(data_cfg, with_fold=with_fold)
+    if problem is not None:
+        raise ValueError(f"{problem[0]}: {problem[1]}")
 
 
 def cache_path(data_cfg: DataConfig) -> Path:

@@ -94,14 +94,13 @@ def load_split(data_cfg: DataConfig) -> Split:
     Raises
     ------
     ValueError
-        ``data.k < 2``, ``data.subset`` out of range or ``data.fold`` outside ``[0, k)``.
+        ``data.k``, ``data.fold`` or ``data.subset`` cannot make a split
+        (:func:`bcvae.config.split_problem`); the message names the key.
     DatasetError
         The cache file cannot be read.
     """
-    validate_data_config(data_cfg)
-    if not 0 <= data_cfg.fold < data_cfg.k:
-        raise ValueError(f"data.fold must be in [0, {data_cfg.k - 1}] for data.k = "
-                         f"{data_cfg.k}, got {data_cfg.fold}")
+    validate_data_config(data_cfg, with_fold=True)
+
     def read(path: Path) -> tuple[Split, list[int]]:
         offsets = _read(path, lambda f: f["fold_offsets"][...])
         f = data_cfg.fold
