@@ -305,67 +305,82 @@ def _flat(library: str, name: str, result: dict) -> dict[str, float]:
     return {name: result[key] if library == "disent" else result[name]}
 
 
-def code_section(name: str, source, opts, side, known: dict | None) -> dict:
-    """Both libraries' metrics of one code: same points (seed 0), then own sampling (seeds 1..S)."""
-    from bcvae import metrics
+class _Record:
+    """Values and seconds of one code's metrics, by row key (:data:`METRIC_ROWS`) and library."""
 
-    n = opts.sizes
-    values: dict[str, dict] = {}
-    secs: dict[str, dict[str, list]] = {}
+    def __init__(self):
+        self.values: dict[str, dict] = {}
+        self.secs: dict[str, dict[str, list]] = {}
 
-    def note(library, metric, kind, result, seconds):
+    def note(self, library: str, metric: str, kind: str, result: dict, seconds: float) -> None:
+        """``kind``: "same_points" (one value) or "own" (one per seed)."""
         for key, v in _flat(library, metric, result).items():
-            row = values.setdefault(key, {"same_points": {}, "own_sampling": {}})
+            row = self.values.setdefault(key, {"same_points": {}, "own_sampling": {}})
             if kind == "same_points":
                 row["same_points"][library] = v
             else:
                 row["own_sampling"].setdefault(library, []).append(v)
-        secs.setdefault(metric, {}).setdefault(library, []).append(seconds)
+        self.secs.setdefault(metric, {}).setdefault(library, []).append(seconds)
 
-    classes = metrics.sample_factors(n["sap_train"] + n["sap_test"], np.random.default_rng(0))
-    codes, factors = source(classes), classes[:, VARYING]
-    for lib, runs in (("disent", side.same_points(codes, factors, n)), ("bcvae", _ours_on_points(codes, factors, n))):
-        for metric, (result, seconds) in runs.items():
-            note(lib, metric, "same_points", result, seconds)
+    def summary(self, known: dict | None) -> dict:
+        """Own-sampling lists as :func:`spread`; the known answer and median seconds of each row."""
+        for key, row in self.values.items():
+            if "own_sampling" in row:
+                row["own_sampling"] = {lib: spread(v) for lib, v in row["own_sampling"].items()}
+            if known and key in known and "same_points" in row:
+                row["known"] = known[key]
+            metric = "dci" if key.startswith("dci_") else key
+            if metric in self.secs:
+                row["seconds"] = {lib: statistics.median(v) for lib, v in self.secs[metric].items()}
+        return self.values
+
+
+def _own_sampling(rec: _Record, source, seed: int, n: dict, side, dci: bool) -> None:
+    """One seed of each library's public metrics drawing their own points, plus bcvae's FactorVAE
+    without pruning (disent 0.8.0's setting)."""
+    from bcvae import metrics
+
     sizes = {"mig": {"num_train": n["mig"]}, "sap": {"num_train": n["sap_train"], "num_test": n["sap_test"]},
              "dci": {"num_train": n["dci_train"], "num_test": n["dci_test"]},
              "factor_vae": {"num_train": n["fvae_train"], "num_eval": n["fvae_eval"],
                             "num_variance_estimate": n["fvae_variance"]}}
-    for seed in range(1, opts.seeds + 1):
-        own = ("mig", "sap") + (("dci",) if opts.dci_sampling else ())
-        for metric in own + ("factor_vae",):
-            result, seconds = side.sampled(metric, source, seed, sizes[metric])
-            note("disent", metric, "own", result, seconds)
-        classes = metrics.sample_factors(n["sap_train"] + n["sap_test"], np.random.default_rng(seed))
-        for metric, (result, seconds) in _ours_on_points(source(classes), classes[:, VARYING], n, own).items():
-            note("bcvae", metric, "own", result, seconds)
-        tic, spent = time.perf_counter(), source.seconds
-        fv = metrics.factor_vae_details(source, seed, num_train=n["fvae_train"], num_eval=n["fvae_eval"],
-                                        num_variance_estimate=n["fvae_variance"])
-        note("bcvae", "factor_vae", "own", {"factor_vae": fv["eval_accuracy"]},
+    own = ("mig", "sap") + (("dci",) if dci else ())
+    for metric in own + ("factor_vae",):
+        rec.note("disent", metric, "own", *side.sampled(metric, source, seed, sizes[metric]))
+    classes = metrics.sample_factors(n["sap_train"] + n["sap_test"], np.random.default_rng(seed))
+    for metric, (result, seconds) in _ours_on_points(source(classes), classes[:, VARYING], n, own).items():
+        rec.note("bcvae", metric, "own", result, seconds)
+    tic, spent = time.perf_counter(), source.seconds
+    fv = metrics.factor_vae_details(source, seed, **sizes["factor_vae"])
+    rec.note("bcvae", "factor_vae", "own", {"factor_vae": fv["eval_accuracy"]},
              time.perf_counter() - tic - (source.seconds - spent))
-        # disent 0.8.0 keeps every dimension (threshold 0): bcvae with that setting, same seed
-        fv0 = metrics.factor_vae_details(source, seed, num_train=n["fvae_train"], num_eval=n["fvae_eval"],
-                                         num_variance_estimate=n["fvae_variance"], prune_threshold=0.0)
-        values.setdefault("factor_vae_no_pruning", {"own_sampling": {"bcvae": []}})
-        values["factor_vae_no_pruning"]["own_sampling"]["bcvae"].append(fv0["eval_accuracy"])
-        values.setdefault("factor_vae_active_dims", {"bcvae": [], "note": "bcvae prunes dimensions whose "
+    fv0 = metrics.factor_vae_details(source, seed, **sizes["factor_vae"], prune_threshold=0.0)
+    rec.values.setdefault("factor_vae_no_pruning", {"own_sampling": {"bcvae": []}})
+    rec.values["factor_vae_no_pruning"]["own_sampling"]["bcvae"].append(fv0["eval_accuracy"])
+    rec.values.setdefault("factor_vae_active_dims", {"bcvae": [], "note": "bcvae prunes dimensions whose "
                           "std < 0.05 (disentanglement_lib); disent 0.8.0 prunes none (threshold 0)"})
-        values["factor_vae_active_dims"]["bcvae"].append(fv["num_active_dims"])
-    if "factor_vae" in values and "factor_vae_no_pruning" in values:  # disent's own values, for side by side
-        values["factor_vae_no_pruning"]["own_sampling"]["disent"] = values["factor_vae"]["own_sampling"]["disent"]
-    for row in values.values():
-        if "own_sampling" in row:
-            row["own_sampling"] = {lib: spread(v) for lib, v in row["own_sampling"].items()}
-    for key, row in values.items():
-        if known and key in known and isinstance(row, dict) and "same_points" in row:
-            row["known"] = known[key]
-        metric = "dci" if key.startswith("dci_") else key
-        if metric in secs:
-            row["seconds"] = {lib: statistics.median(v) for lib, v in secs[metric].items()}
+    rec.values["factor_vae_active_dims"]["bcvae"].append(fv["num_active_dims"])
+
+
+def code_section(name: str, source, opts, side, known: dict | None) -> dict:
+    """Both libraries' metrics of one code: same points (seed 0), then own sampling (seeds 1..S)."""
+    from bcvae import metrics
+
+    n, rec = opts.sizes, _Record()
+    classes = metrics.sample_factors(n["sap_train"] + n["sap_test"], np.random.default_rng(0))
+    codes, factors = source(classes), classes[:, VARYING]
+    for lib, runs in (("disent", side.same_points(codes, factors, n)), ("bcvae", _ours_on_points(codes, factors, n))):
+        for metric, (result, seconds) in runs.items():
+            rec.note(lib, metric, "same_points", result, seconds)
+    for seed in range(1, opts.seeds + 1):
+        _own_sampling(rec, source, seed, n, side, opts.dci_sampling)
+    if "factor_vae_no_pruning" in rec.values:  # disent's own values beside bcvae's without pruning
+        rec.values["factor_vae_no_pruning"]["own_sampling"]["disent"] = \
+            list(rec.values["factor_vae"]["own_sampling"]["disent"])
+    values = rec.summary(known)
     print(f"  metrics, {name}: " + ", ".join(
         f"{k} {v['same_points'].get('bcvae', float('nan')):.3f}/{v['same_points'].get('disent', float('nan')):.3f}"
-        for k, v in values.items() if "same_points" in v and v["same_points"]), flush=True)
+        for k, v in values.items() if v.get("same_points")), flush=True)
     return {"values": values, "render_encode_s": source.seconds, "images_encoded": source.n_encoded}
 
 
