@@ -2,6 +2,7 @@
 # Uses ./.venv by default; inside another environment (e.g. an activated conda
 # env made from environment.yml) run `make <target> PYTHON=python`.
 VENV    := .venv
+PEERS   := .venv-peers
 PYTHON  ?= $(VENV)/bin/python
 # CPU wheel by default; on a CUDA machine e.g.
 #   make install TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
@@ -23,7 +24,7 @@ DEPS := check-python
 endif
 
 .DEFAULT_GOAL := help
-.PHONY: help install check-python data train cv eval sweep plots bench bench-gpu reproduce plateau test test-slow test-all clean
+.PHONY: help install check-python data train cv eval sweep plots bench bench-peers bench-gpu reproduce plateau test test-slow test-all clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -61,6 +62,17 @@ plots: $(DEPS)  ## write PNG figures of RUN next to it
 
 bench: $(DEPS)  ## throughput / memory benchmarks -> benchmarks/results/latest.json
 	$(PYTHON) benchmarks/run.py $(ARGS)
+
+bench-peers: $(PEERS)/.installed  ## bcvae vs disent 0.8.0, in its own .venv-peers -> benchmarks/results/peers.json
+	$(PEERS)/bin/python benchmarks/peers.py $(ARGS)
+
+# The peer library and Lightning live in their own environment, never in .venv.
+$(PEERS)/.installed: benchmarks/requirements-peers.txt pyproject.toml
+	test -x $(PEERS)/bin/python || python3 -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install --quiet $(TORCH)
+	$(PEERS)/bin/python -m pip install --quiet -r benchmarks/requirements-peers.txt
+	$(PEERS)/bin/python -m pip install --quiet -e .
+	touch $@
 
 bench-gpu:  ## the GPU check on a CUDA machine (benchmarks/gpu.sh): ARGS="--steps 3000 --dry-run"
 	bash benchmarks/gpu.sh $(if $(filter command line,$(origin PYTHON)),--python $(PYTHON)) $(ARGS)

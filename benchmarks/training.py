@@ -32,12 +32,16 @@ _RUNS = tempfile.mkdtemp(prefix="bcvae-bench-")  # run directories of this proce
 atexit.register(shutil.rmtree, _RUNS, ignore_errors=True)
 
 
-def bench_config(arch: str, z_dim: int, batch: int, cache_dir: str, subset: int, **train) -> config.Config:
-    """A run config for timing: no W&B, no progress bar, no evaluation, its own temporary run_dir."""
+def bench_config(arch: str, z_dim: int, batch: int, cache_dir: str, subset: int, loss: dict | None = None,
+                 **train) -> config.Config:
+    """A run config for timing: no W&B, no progress bar, no evaluation, its own temporary run_dir.
+
+    ``loss``: keys of the ``loss`` section (default: the capacity objective's defaults)."""
     return config.from_dict({
         "name": "bench", "run_dir": tempfile.mkdtemp(dir=_RUNS),
         "data": {"source": "procedural", "cache_dir": cache_dir, "subset": subset},
         "model": {"arch": arch, "z_dim": z_dim},
+        "loss": dict(loss or {}),
         # 100 epochs: a long run, so every setting decides as it would for a real experiment
         "train": {"batch_size": batch, "epochs": 100, **train},
         "log": {"wandb_mode": "disabled", "progress": False},
