@@ -36,7 +36,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -52,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bcvae.data import FACTOR_NAMES, FACTOR_SIZES, N_IMAGES  # noqa: E402
 from bcvae.metrics import discrete_mutual_info, discretize  # noqa: E402
+from timing import cpu_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -225,17 +225,6 @@ def write(result: dict, results_dir: Path = RESULTS, readme: Path | None = READM
 
 
 # ---------------------------------------------------------------- measurements (need .venv-peers)
-
-
-def device_name() -> str:
-    """CPU model and core count."""
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        model = names[0] if names else model
-    return f"{model}, {os.cpu_count()} cores"
 
 
 def train_section(opts, side) -> tuple[dict, object]:
@@ -435,7 +424,7 @@ def main(argv: list[str] | None = None) -> dict:
     import disent_side as side
 
     tic = time.perf_counter()
-    r = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": device_name(), "threads": torch.get_num_threads(),
+    r = {"date": time.strftime("%Y-%m-%d %H:%M:%S"), "device": cpu_model(), "threads": torch.get_num_threads(),
          "torch": torch.__version__, "disent": side.VERSION, "lightning": side.L.__version__,
          "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"), "torchvision_note": side.TORCHVISION_NOTE,
          "command": "python benchmarks/peers.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from timing import first_call_seconds, interleaved, matmul_gflops, median_seconds, train_flops_per_image  # noqa: E402
+from timing import cpu_model, first_call_seconds, interleaved, matmul_gflops, median_seconds, train_flops_per_image  # noqa: E402
 from bcvae.data import load_split  # noqa: E402
 from training import PublicBaseline, TrainerSteps, VariantStep, bench_config  # noqa: E402
 
@@ -47,13 +46,7 @@ def device_name() -> str:
     """CPU model and core count (or the CUDA device), torch version and thread count."""
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name()} (torch {torch.__version__})"
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]
-        model = names[0] if names else model
-    return f"{model}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
+    return f"{cpu_model()}, {torch.get_num_threads()} torch threads (torch {torch.__version__})"
 
 
 def train_section(name: str, arch: str, z_dim: int, batch: int, opts,

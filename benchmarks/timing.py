@@ -7,6 +7,8 @@ a burst of load from elsewhere hits every variant alike and ratios stay fair.
 
 from __future__ import annotations
 
+import os
+import platform
 import resource
 import statistics
 import time
@@ -16,6 +18,17 @@ from typing import Callable
 import torch
 
 Step = Callable[[], int]  # runs one unit of work and returns the number of images it processed
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one) and its core count."""
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]
+        model = names[0] if names else model
+    return f"{model}, {os.cpu_count()} cores"
 
 
 def sync() -> None:
