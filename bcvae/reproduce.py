@@ -28,7 +28,7 @@ log = logging.getLogger("bcvae")
 
 EXPERIMENTS = {
     "cpu": ["capacity25_cpu", "capacity13_cpu", "beta1_cpu", "beta4_cpu", "factorvae_cpu"],
-    "full": ["capacity25", "beta1", "beta4", "factorvae"],
+    "full": ["capacity25", "beta1", "beta4", "factorvae", "btcvae"],
 }
 METRICS = config.METRICS  # every row scores every metric
 COLUMNS = [("recon_nll", "rec. NLL (val)"), ("kl", "KL (val)"), ("mig", "MIG"),

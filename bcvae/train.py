@@ -172,8 +172,15 @@ class Trainer:
         # step is 18 % faster: train.compile=on there.
         if mode == "off" or (mode == "auto" and self.device.type != "cuda"):
             return self.model_ddp
+        # graphs: at batch 64 the Burgess step is a few dozen small kernels, so a large GPU waits on
+        # launches; a CUDA graph replays the model's forward and backward as one launch each. DDP's
+        # gradient hooks cannot live inside a graph, so several processes compile plainly.
+        graphs = mode == "graphs" and self.world == 1
+        if mode == "graphs" and not graphs:
+            log.warning("train.compile=graphs needs one process; %d processes compile without CUDA graphs",
+                        self.world)
         try:
-            return torch.compile(self.model_ddp)
+            return torch.compile(self.model_ddp, mode="reduce-overhead" if graphs else None)
         except Exception as err:  # compiler unavailable on this platform
             log.warning("torch.compile unavailable (%s); training in eager mode", err)
             return self.model_ddp
@@ -317,6 +324,9 @@ class Trainer:
         if self.disc is not None:
             self.disc.requires_grad_(False)
         with self._amp():
+            if self.cfg.train.compile == "graphs":
+                # A new step: the graph may reuse its output buffers (this step's are consumed below).
+                torch.compiler.cudagraph_mark_step_begin()
             logits, mu, logvar, z = self.train_model(x, self._noise())
             mu, logvar, z = distributed.gather_rows((mu.float(), logvar.float(), z.float()), self.world)
             loss, terms = vae_loss(cfg.loss, x, logits.float(), mu, logvar, z,

@@ -5,8 +5,9 @@
 #   tests    runs the tests that exercise CUDA (fast path vs eager, bf16 autocast, compiled step, resume)
 #   resume   checks exact resume on CUDA through the trainer (fp32 + deterministic algorithms, fp32, defaults)
 #   bench    runs `make bench` on the GPU (ARGS=--quick by default)
-#   train    trains capacity25 for --steps steps and
-#   report   extracts its img/s and learning curve, the bench headline and the test counts.
+#   train    trains capacity25 for --steps steps,
+#   graphs   trains it again with CUDA graphs (train.compile=graphs), and
+#   report   extracts their img/s and learning curves, the bench headline and the test counts.
 # Every stage is time-boxed; a failed stage never stops the next ones (without CUDA the GPU stages
 # are skipped). Everything goes to one results folder, with summary.json listing each stage's exit
 # code, seconds, log and command. `bash benchmarks/gpu.sh --help` lists the options;
@@ -37,7 +38,7 @@ options:
   --tests "ARGS"       pytest arguments replacing the default CUDA test selection
   --bench-args "ARGS"  arguments of `make bench` (default "--quick"; "" for the full run)
   --train-args "K=V"   extra config overrides for the training stage
-  --only a,b,...       run only these stages (install,cuda,tests,resume,bench,train,report)
+  --only a,b,...       run only these stages (install,cuda,tests,resume,bench,train,graphs,report)
   --budget SECONDS     wall-clock budget of all stages together (default 540)
   --pack / --no-pack   pack the results into results.tar.gz next to summary.json
                        (default: pack when the results folder is $OUT, whose files come back
@@ -58,7 +59,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 INVOCATION="bash benchmarks/gpu.sh${*:+ $*}"
 
-STAGES=(install cuda tests resume bench train report)
+STAGES=(install cuda tests resume bench train graphs report)
 STEPS=3000
 DRY=0
 SKIP_INSTALL=0
@@ -236,6 +237,11 @@ CAP[bench]=180 FLOOR[bench]=60 NEEDS_CUDA[bench]=1
 # logged img/s is the training's. Every key here is in bcvae/config.py.
 CMD[train]="$QPY -m bcvae train capacity25 train.max_steps=$STEPS name=gpu-check run_dir=$(q "$RESULTS/runs") train.device=cuda log.wandb_mode=disabled log.progress=false log.every_images=1000 eval.at_end=false${TRAIN_ARGS:+ $TRAIN_ARGS} --fresh"
 CAP[train]=240 FLOOR[train]=120 NEEDS_CUDA[train]=1
+
+# The same training with CUDA graphs (train.compile=graphs): its img/s against the stage above.
+CMD[graphs]=${CMD[train]//name=gpu-check/name=gpu-graphs}
+CMD[graphs]=${CMD[graphs]% --fresh}" train.compile=graphs --fresh"
+CAP[graphs]=150 FLOOR[graphs]=60 NEEDS_CUDA[graphs]=1
 
 START_EPOCH=$(date +%s)
 CMD[report]="$QPY $QRES/gpu_check.py report $QRES $START_EPOCH"
@@ -480,37 +486,42 @@ def _jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def training_summary(results: Path, name: str, prefix: str) -> tuple[dict | str, bool | None]:
+    """img/s and learning curve of the training stage that wrote runs/<name> -> <prefix>.json and
+    <prefix>_* facts; returns (the summary, whether it learns: None when it did not run)."""
+    metrics = results / "runs" / name / "fold0" / "metrics.jsonl"
+    if not metrics.exists():
+        return f"no {metrics.relative_to(results)}", None
+    rows = _jsonl(metrics)
+    trained = [r for r in rows if "train/loss" in r]
+    rates = [r["train/img_per_s"] for r in trained if "train/img_per_s" in r]
+    steady = rates[1:] or rates  # the first interval holds the compilation and warm-up
+    t = {"metrics": str(metrics.relative_to(results)), "last_step": max((r.get("step", 0) for r in rows), default=0)}
+    if rates:
+        t.update(img_per_s_median=statistics.median(steady), img_per_s_max=max(steady),
+                 img_per_s_first_interval=rates[0], intervals=len(rates))
+    for key in ("loss", "rec", "kl", "C"):
+        values = [r[f"train/{key}"] for r in trained if f"train/{key}" in r]
+        if values:
+            t[f"{key}_first"], t[f"{key}_last"] = values[0], values[-1]
+    val = [r for r in rows if any(k.startswith("val/") for k in r)]
+    if val:
+        t["val"] = {k: v for k, v in val[-1].items() if k.startswith("val/") and not k.startswith("val/kl_dim")}
+    if "rec_first" in t:
+        t["learns"] = bool(t["rec_last"] < 0.5 * t["rec_first"])  # Bernoulli NLL: ~2,800 nats at the start
+    (results / f"{prefix}.json").write_text(json.dumps(t, indent=2) + "\n")
+    for key in ("img_per_s_median", "img_per_s_max", "last_step", "rec_first", "rec_last", "kl_last", "C_last",
+                "learns"):
+        if key in t:
+            fact(results, f"{prefix}_{key}", t[key])
+    return t, t.get("learns")
+
+
 def report(results: Path, start: float) -> int:
     rep, rc = {}, 0
-    run = results / "runs" / "gpu-check" / "fold0"
-    metrics = run / "metrics.jsonl"
-    if metrics.exists():
-        rows = _jsonl(metrics)
-        trained = [r for r in rows if "train/loss" in r]
-        rates = [r["train/img_per_s"] for r in trained if "train/img_per_s" in r]
-        steady = rates[1:] or rates  # the first interval holds the compilation and warm-up
-        t = {"metrics": str(metrics.relative_to(results)), "last_step": max((r.get("step", 0) for r in rows), default=0)}
-        if rates:
-            t.update(img_per_s_median=statistics.median(steady), img_per_s_max=max(steady),
-                     img_per_s_first_interval=rates[0], intervals=len(rates))
-        for key in ("loss", "rec", "kl", "C"):
-            values = [r[f"train/{key}"] for r in trained if f"train/{key}" in r]
-            if values:
-                t[f"{key}_first"], t[f"{key}_last"] = values[0], values[-1]
-        val = [r for r in rows if any(k.startswith("val/") for k in r)]
-        if val:
-            t["val"] = {k: v for k, v in val[-1].items() if k.startswith("val/") and not k.startswith("val/kl_dim")}
-        if "rec_first" in t:
-            t["learns"] = bool(t["rec_last"] < 0.5 * t["rec_first"])  # Bernoulli NLL: ~2,800 nats at the start
-            rc = 0 if t["learns"] else 1
-        (results / "train.json").write_text(json.dumps(t, indent=2) + "\n")
-        rep["train"] = t
-        for key in ("img_per_s_median", "img_per_s_max", "last_step", "rec_first", "rec_last", "kl_last", "C_last",
-                    "learns"):
-            if key in t:
-                fact(results, f"train_{key}", t[key])
-    else:
-        rep["train"] = f"no {metrics.relative_to(results)}"
+    for name, prefix in (("gpu-check", "train"), ("gpu-graphs", "graphs")):
+        rep[prefix], learns = training_summary(results, name, prefix)
+        rc = rc or (0 if learns in (None, True) else 1)
     fresh = [p for p in (ROOT / "benchmarks" / "results").glob("latest*.json") if p.stat().st_mtime >= start]
     if fresh:
         newest = max(fresh, key=lambda p: p.stat().st_mtime)

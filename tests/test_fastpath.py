@@ -100,16 +100,38 @@ def test_a_failing_compiler_falls_back_to_eager_with_the_same_result(tmp_path, m
     assert_close(fallback, trained(tmp_path / "eager", 'train.compile="off"'), rtol=1e-6, atol=0)
 
 
-@pytest.mark.parametrize("mode, compiled", [("auto", False), ("on", True), ("off", False)])
+@pytest.mark.parametrize("mode, compiled", [("auto", False), ("on", True), ("graphs", True), ("off", False)])
 def test_compile_setting_on_a_cpu(tmp_path, mode, compiled):
     # auto compiles on CUDA only: on a CPU it slowed the default model down (benchmarks/README.md)
     trainer = train.Trainer(settings(tmp_path, "train.max_steps=0", "train.epochs=2000", f'train.compile="{mode}"'))
     assert (trainer.train_model is not trainer.model_ddp) == compiled  # torch.compile wraps lazily: no cost here
 
 
+def test_graphs_compiles_for_cuda_graphs_and_marks_every_step(tmp_path, monkeypatch):
+    # What train.compile=graphs asks of torch: mode="reduce-overhead" (CUDA graphs), and a new
+    # graph step before every forward, so a replay may reuse the previous step's output buffers.
+    calls, marks = [], []
+
+    def recording_compile(module, **kwargs):
+        calls.append(kwargs)
+        return lambda *args: module(*args)
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    graphs = trained(tmp_path / "graphs", 'train.compile="graphs"', compiled=True)
+    assert calls == [{"mode": "reduce-overhead"}]
+    assert len(marks) == STEPS
+    calls.clear()
+    trained(tmp_path / "on", 'train.compile="on"', compiled=True)
+    assert calls == [{"mode": None}] and len(marks) == STEPS  # plain compile: no graph steps
+    assert_close(graphs, trained(tmp_path / "eager", 'train.compile="off"'), rtol=1e-6, atol=0)
+
+
 @pytest.mark.slow
-def test_compiled_training_matches_eager(tmp_path):
-    compiled_run = trained(tmp_path / "compiled", 'train.compile="on"', compiled=True)
+@pytest.mark.parametrize("mode", ["on", "graphs"])
+def test_compiled_training_matches_eager(tmp_path, mode):
+    # On a CPU, graphs compiles like on (CUDA graphs need CUDA); on a GPU this is the graph replay.
+    compiled_run = trained(tmp_path / "compiled", f'train.compile="{mode}"', compiled=True)
     assert_close(compiled_run, trained(tmp_path / "eager", 'train.compile="off"'))
 
 

@@ -18,8 +18,8 @@ from bcvae import config
 from conftest import ROOT
 
 SCRIPT = ROOT / "benchmarks" / "gpu.sh"
-STAGES = ["install", "cuda", "tests", "resume", "bench", "train", "report"]
-GPU_STAGES = ["tests", "resume", "bench", "train"]
+STAGES = ["install", "cuda", "tests", "resume", "bench", "train", "graphs", "report"]
+GPU_STAGES = ["tests", "resume", "bench", "train", "graphs"]
 
 
 def no_gpu_env(tmp_path: Path, **extra: str) -> dict:
@@ -118,6 +118,12 @@ def test_dry_run_commands_name_the_cuda_tests_the_bench_and_the_training(dry_run
     cfg = config.load(ROOT / "experiments" / "capacity25.yaml", words[5:-1])  # every key exists and validates
     assert (cfg.train.max_steps, cfg.name, cfg.train.device) == (1234, "gpu-check", "cuda")
     assert cfg.run_dir == str(results / "runs") and cfg.log.wandb_mode == "disabled"
+    graphs = shlex.split(cmd["graphs"])  # the same training, under its own name, with CUDA graphs
+    assert graphs[-1] == "--fresh"
+    cfg_graphs = config.load(ROOT / "experiments" / "capacity25.yaml", graphs[5:-1])
+    assert (cfg_graphs.name, cfg_graphs.train.compile) == ("gpu-graphs", "graphs")
+    assert config.to_dict(cfg_graphs) == {**config.to_dict(cfg), "name": "gpu-graphs",
+                                          "train": {**config.to_dict(cfg)["train"], "compile": "graphs"}}
 
 
 def test_only_selects_stages_and_out_is_the_default_results_folder(tmp_path):
@@ -197,6 +203,10 @@ def test_report_takes_img_per_s_and_the_learning_curve_from_the_runs_log(tmp_pat
     rows.append({"step": 200, "val/rec": rec_last + 3, "val/kl": 0.7})
     lines = [json.dumps(r) for r in rows] + ['{"step": 25']  # a torn last line: the stage was stopped
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    graphs_run = results / "runs" / "gpu-graphs" / "fold0"  # the CUDA-graphs stage, twice as fast
+    graphs_run.mkdir(parents=True)
+    (graphs_run / "metrics.jsonl").write_text("".join(
+        json.dumps({**r, "train/img_per_s": 2 * r["train/img_per_s"]}) + "\n" for r in rows if "train/loss" in r))
     (results / "tests.xml").write_text(TESTS_XML)
     proc = gpu_sh("--only", "report", "--python", sys.executable, "--results", str(results), env=no_gpu_env(tmp_path))
     assert proc.returncode == (0 if learns else 1), proc.stdout + proc.stderr
@@ -206,6 +216,7 @@ def test_report_takes_img_per_s_and_the_learning_curve_from_the_runs_log(tmp_pat
     assert facts["train_img_per_s_median"] == 21_000 and facts["train_img_per_s_max"] == 22_000
     assert (facts["train_rec_first"], facts["train_rec_last"], facts["train_last_step"]) == (2800, rec_last, 200)
     assert facts["train_learns"] is learns
+    assert facts["graphs_img_per_s_median"] == 42_000 and facts["graphs_learns"] is learns
     assert (facts["tests_passed"], facts["tests_failed"], facts["tests_skipped"]) == (2, 2, 1)
     assert "tests.test_fastpath::test_b" in facts["tests_failed_names"]
     train = json.loads((results / "train.json").read_text())
