@@ -9,6 +9,7 @@ resumes or reuses it). Metrics are computed here from the checkpoints.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -20,8 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bcvae import config
-from bcvae.checkpoint import run_path
+from bcvae import config, evaluate, latents, track, viz
+from bcvae.checkpoint import load_model, run_path, write_json
+from bcvae.encode import make_encode
 from bcvae.errors import ArgumentParser, TrainingError
 
 log = logging.getLogger("bcvae")
@@ -61,29 +63,33 @@ def train_one(experiment: str, seed: int, *, threads: int, overrides: list[str],
     return run_path(run_dir, name, 0)
 
 
+def metrics_code_digest() -> str:
+    """sha256 of the metric implementations (``bcvae/metrics/*.py``): a cached row scored by
+    other metric code (a changed estimator or default) is scored again, never reused."""
+    digest = hashlib.sha256()
+    for path in sorted((Path(__file__).parent / "metrics").glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def evaluate_run(run_dir: Path, experiment: str, seed: int, budget: str, num_points: int) -> dict:
     """One results row: NLL and KL over the whole held-out fold, every metric, the latent analysis.
 
     The row is kept in ``run_dir/results_row.json``; it is reused while the
-    checkpoint's step and the metric settings are unchanged.
+    checkpoint's step, the metric settings and the metric code are unchanged.
     """
-    from bcvae import latents, track
-    from bcvae.checkpoint import write_json
-    from bcvae.encode import make_encode
-    from bcvae.checkpoint import load_model
-    from bcvae.evaluate import evaluate_model, model_heldout_loss
-
     model, cfg, ckpt = load_model(run_dir / "checkpoint.pt")
     cached = run_dir / "results_row.json"
-    key = {"step": ckpt["step"], "metrics": list(METRICS), "num_points": num_points, "budget": budget}
+    key = {"step": ckpt["step"], "metrics": list(METRICS), "num_points": num_points, "budget": budget,
+           "metrics_code": metrics_code_digest()}
     if cached.exists():
         row = json.loads(cached.read_text())
         if row.get("cache_key") == key:
             return row
-    result = evaluate_model(model, cfg, ckpt, run_dir / "checkpoint.pt", METRICS, seed=seed, num_points=num_points)
+    result = evaluate.evaluate_model(model, cfg, ckpt, run_dir / "checkpoint.pt", METRICS, seed=seed, num_points=num_points)
     write_json(run_dir / "eval.json", result)
     s = result["scores"]
-    heldout = model_heldout_loss(model, cfg, ckpt, seed=seed)  # the whole held-out fold
+    heldout = evaluate.model_heldout_loss(model, cfg, ckpt, seed=seed)  # the whole held-out fold
     rows = track.read_jsonl(run_dir / "metrics.jsonl")
     encode = make_encode(model, next(model.parameters()).device)
     row = {
@@ -195,8 +201,6 @@ def parse_seeds(text: str, parser: ArgumentParser) -> list[int]:
 
 
 def write_results(rows: list[dict], out: Path, budget: str) -> None:
-    from bcvae.checkpoint import write_json
-
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / f"{budget}.json", rows)
     table = markdown_table(rows)
@@ -210,8 +214,6 @@ def write_results(rows: list[dict], out: Path, budget: str) -> None:
 
 def write_seeds_figure(rows: list[dict], path: Path) -> Path | None:
     """Reconstruction NLL and KL over training of every seed, one row per experiment."""
-    from bcvae import track, viz
-
     histories: dict[str, dict[str, list]] = {}
     for r in rows:
         log_file = Path(r.get("run_dir", "")) / "metrics.jsonl"

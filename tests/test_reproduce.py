@@ -25,6 +25,13 @@ def test_rows_from_a_real_run(smoke_run, tmp_path, monkeypatch):
     assert all(isinstance(latent, int) for latent, _ in row["switch_on_order"])
     assert {d["latent"] for d in row["latent_factors"]} == set(range(10))
     assert reproduce.evaluate_run(smoke_run, "smoke", 0, "test", num_points=500) == row  # cached row
+    # Other metric code (a changed estimator) scores again instead of reusing the cached row.
+    from bcvae import evaluate
+
+    monkeypatch.setattr(evaluate, "evaluate_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("scored")))
+    monkeypatch.setattr(reproduce, "metrics_code_digest", lambda: "other metric code")
+    with pytest.raises(AssertionError, match="scored"):
+        reproduce.evaluate_run(smoke_run, "smoke", 0, "test", num_points=500)
     reproduce.write_results([row], tmp_path, "test")
     saved = json.loads((tmp_path / "test.json").read_text())
     assert saved[0]["experiment"] == "smoke" and REQUIRED <= set(saved[0])
