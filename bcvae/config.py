@@ -125,6 +125,11 @@ class TrainConfig:
     """0 = one full pass per epoch; n > 0 = n steps per epoch (short epochs, more validation)."""
     max_steps: int = 0
     """0 = no limit; n > 0 = stop after n global steps (a checkpoint is written there)."""
+    checkpoint_every: int = 2000
+    """Also write the checkpoint inside an epoch, at the first training log row (``log.every_train``)
+    at least this many steps after the last checkpoint (0 = only at epoch ends, the step budget and
+    a stop signal), so a run killed outright (SIGKILL, a lost machine) loses few steps. Written just
+    after a log row, so the resumed log equals an uninterrupted one row for row."""
     batch_size: int = 64
     """Training batch size (global, across all processes)."""
     lr: float = 5e-4
@@ -207,7 +212,7 @@ class Config:
 # execution details do not alter the trajectory already on disk. (A moved
 # data.cache_dir rebuilds the same, provenance-checked cache.)
 RESUMABLE_CHANGES = (
-    "train.epochs", "train.max_steps", "train.device", "train.compile", "train.threads",
+    "train.epochs", "train.max_steps", "train.checkpoint_every", "train.device", "train.compile", "train.threads",
     "train.val_batch_size", "train.val_max_batches", "log.", "eval.", "run_dir", "data.cache_dir",
 )
 
@@ -483,7 +488,7 @@ def validate(cfg: Config, source: str) -> None:
     for key in ("disc_beta1", "disc_beta2"):
         _check(0 <= getattr(l, key) < 1, source, f"loss.{key}", f"must be in [0, 1), got {getattr(l, key)}")
     _check(t.epochs >= 1, source, "train.epochs", f"must be >= 1, got {t.epochs}")
-    for key in ("steps_per_epoch", "max_steps", "val_max_batches", "threads"):
+    for key in ("steps_per_epoch", "max_steps", "checkpoint_every", "val_max_batches", "threads"):
         _check(getattr(t, key) >= 0, source, f"train.{key}", f"must be >= 0, got {getattr(t, key)}")
     _check(t.lr_decay_first >= 0, source, "train.lr_decay_first", f"must be >= 0, got {t.lr_decay_first}")
     for key in ("batch_size", "val_batch_size", "lr_decay_epochs"):

@@ -132,6 +132,7 @@ class Trainer:
         self.shown = viz.display_sample(self.split.val.factors, min(8, len(self.split.val)), cfg.seed)
         self._build_models()
         self.step = self.epoch = self.step_in_epoch = 0
+        self.checkpoint_step = 0  # step of the last checkpoint written or restored
         self.run_id: str | None = None
         self._stop_signal: int | None = None
         self.tracker: track.Tracker | None = None
@@ -244,6 +245,7 @@ class Trainer:
             detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(err).__name__)
             raise CheckpointError(f"{self.ckpt_path} holds a different architecture: {detail}") from None
         self.step, self.epoch, self.step_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["step_in_epoch"]
+        self.checkpoint_step = self.step
         self.run_id = ckpt.get("wandb_run_id")
         set_rng_state(ckpt["rng"])
         if self.rank == 0:
@@ -284,6 +286,7 @@ class Trainer:
 
     def _checkpoint(self) -> None:
         """Rank 0 writes; every process waits for it, so none exits (and has torchrun stop rank 0) mid-write."""
+        self.checkpoint_step = self.step
         if self.rank == 0:
             self._write_checkpoint()
         distributed.barrier(self.world)
@@ -422,6 +425,8 @@ class Trainer:
             if self.step % cfg.log.every_train == 0:
                 self._log_train(sums, count, tic, bar)
                 sums, count, tic = {}, 0, time.perf_counter()
+                if cfg.train.checkpoint_every and self.step - self.checkpoint_step >= cfg.train.checkpoint_every:
+                    self._checkpoint()  # just after a log row: no half-averaged row is lost
             if self.step % cfg.log.every_images == 0:
                 self._log_images()
         if count:
