@@ -38,8 +38,13 @@ COLUMNS = [("recon_nll", "rec. NLL (val)"), ("kl", "KL (val)"), ("mig", "MIG"),
            ("dci_disentanglement", "DCI dis."), ("sap", "SAP")]
 
 
-def run_name(experiment: str, seed: int) -> str:
-    return f"{experiment}-seed{seed}"
+RUN_NAME = "{experiment}-seed{seed}"
+
+
+def run_name(experiment: str, seed: int, pattern: str = RUN_NAME) -> str:
+    """The run (``runs/<name>/fold0``) of one seed: ``capacity25-seed0`` by default; ``pattern=
+    "{experiment}"`` names the run ``make train EXP=capacity25`` writes."""
+    return pattern.format(experiment=experiment, seed=seed)
 
 
 def train_one(experiment: str, seed: int, *, threads: int, overrides: list[str], root: Path,
@@ -155,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-points", type=int, default=10_000)
     p.add_argument("--out", default="results")
     p.add_argument("--no-train", action="store_true", help="evaluate the runs as they are (no training)")
+    p.add_argument("--run-name", default=RUN_NAME,
+                   help=f"name of each (experiment, seed) run, default {RUN_NAME!r}; '{{experiment}}' finds the "
+                        "runs of `make train EXP=...` (with --no-train and one seed)")
     p.add_argument("overrides", nargs="*", help="key=value applied to every run")
     args = p.parse_args(argv)
     # Everything is checked before the first of hours of training starts.
@@ -169,24 +177,36 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     root = Path.cwd()
     experiments = [e for e in args.experiments.split(",") if e] or EXPERIMENTS[args.budget]
-    for e in experiments:  # a missing file or a bad override: one line naming it (ConfigError)
-        for s in seeds:
-            config.load(root / "experiments" / f"{e}.yaml", [f"seed={s}", f"name={run_name(e, s)}", *args.overrides])
     jobs = [(e, s) for e in experiments for s in seeds]
+    names = run_names(jobs, args.run_name, p)
+    for (e, s), name in zip(jobs, names):  # a missing file or a bad override: one line naming it (ConfigError)
+        config.load(root / "experiments" / f"{e}.yaml", [f"seed={s}", f"name={name}", *args.overrides])
     threads = 1 if args.jobs > 1 else (os.cpu_count() or 1)
     if args.no_train:
-        run_dirs = [run_path(root / "runs", run_name(e, s), 0) for e, s in jobs]
+        run_dirs = [run_path(root / "runs", name, 0) for name in names]
         missing = [str(d) for d in run_dirs if not (d / "checkpoint.pt").is_file()]
         if missing:
             p.error(f"--no-train: no trained run at {', '.join(missing[:3])}"
                     f"{f' and {len(missing) - 3} more' if len(missing) > 3 else ''}")
     else:
         with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            run_dirs = list(pool.map(lambda j: train_one(*j, threads=threads, overrides=args.overrides, root=root),
-                                     jobs))
+            run_dirs = list(pool.map(lambda j, name: train_one(*j, threads=threads, overrides=args.overrides,
+                                                                root=root, name=name), jobs, names))
     rows = [evaluate_run(d, e, s, args.budget, args.num_points) for d, (e, s) in zip(run_dirs, jobs)]
     write_results(rows, Path(args.out), args.budget)
     return 0
+
+
+def run_names(jobs: list[tuple[str, int]], pattern: str, parser: ArgumentParser) -> list[str]:
+    """One distinct run name per (experiment, seed); a pattern that cannot tell them apart is a usage error."""
+    try:
+        names = [run_name(e, s, pattern) for e, s in jobs]
+    except (KeyError, IndexError, ValueError) as err:
+        parser.error(f"--run-name {pattern!r} is not a pattern of {{experiment}} and {{seed}} ({err!r})")
+    clash = next((n for n in names if names.count(n) > 1), None)
+    if clash is not None:
+        parser.error(f"--run-name {pattern!r} names several runs {clash!r}: include {{seed}} (and {{experiment}})")
+    return names
 
 
 def parse_seeds(text: str, parser: ArgumentParser) -> list[int]:

@@ -61,7 +61,11 @@ def test_table_is_mean_and_sample_std_over_seeds():
     (["--experiments", "nosuch"], "experiments/nosuch.yaml: experiment file not found"),
     (["--experiments", "beta4_cpu", "train.lr=-1"], "train.lr"),
     (["--experiments", "beta4_cpu", "--seeds", "7", "--no-train"], "--no-train: no trained run at"),
-], ids=["spaced-seeds", "letters", "negative", "jobs", "points", "unknown-experiment", "bad-override", "no-runs"])
+    (["--experiments", "beta4_cpu", "--seeds", "0,1", "--run-name", "{experiment}"], "names several runs 'beta4_cpu'"),
+    (["--experiments", "beta4_cpu", "--run-name", "{exp}-{seed}"], "--run-name '{exp}-{seed}' is not a pattern"),
+    (["--experiments", "beta4_cpu", "--seeds", "0", "--run-name", "a/b"], "name"),
+], ids=["spaced-seeds", "letters", "negative", "jobs", "points", "unknown-experiment", "bad-override", "no-runs",
+        "name-clash", "name-field", "name-path"])
 def test_every_mistake_is_refused_in_one_line_before_any_training(tmp_path, monkeypatch, capsys, args, message):
     from bcvae import cli
     from conftest import ROOT
@@ -72,3 +76,23 @@ def test_every_mistake_is_refused_in_one_line_before_any_training(tmp_path, monk
     assert cli.main(["reproduce", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0] and "Traceback" not in err[0], err
+
+
+def test_no_train_finds_the_runs_of_make_train_by_run_name(tmp_path, monkeypatch):
+    """``--run-name {experiment}`` evaluates ``runs/<experiment>/fold0`` (what ``make train`` writes)."""
+    from bcvae import cli
+    from conftest import ROOT
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "experiments").symlink_to(ROOT / "experiments")
+    for name in ("beta4_cpu", "capacity25_cpu"):
+        (tmp_path / "runs" / name / "fold0").mkdir(parents=True)
+        (tmp_path / "runs" / name / "fold0" / "checkpoint.pt").write_bytes(b"")
+    seen = []
+    monkeypatch.setattr(reproduce, "evaluate_run", lambda d, e, s, *a: seen.append((d, e, s)) or {"experiment": e})
+    monkeypatch.setattr(reproduce, "write_results", lambda rows, out, budget: None)
+    assert cli.main(["reproduce", "--experiments", "beta4_cpu,capacity25_cpu", "--seeds", "0", "--no-train",
+                     "--run-name", "{experiment}"]) == 0
+    assert seen == [(tmp_path / "runs" / "beta4_cpu" / "fold0", "beta4_cpu", 0),
+                    (tmp_path / "runs" / "capacity25_cpu" / "fold0", "capacity25_cpu", 0)]
+    assert cli.main(["reproduce", "--experiments", "beta4_cpu", "--seeds", "0", "--no-train"]) == 2  # no beta4_cpu-seed0
