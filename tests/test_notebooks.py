@@ -37,10 +37,17 @@ def pretrained_smoke(smoke_run, tmp_path_factory):
     return out
 
 
-@pytest.mark.parametrize("kind", ["run", "pretrained"])
+# A committed pretrained/<experiment> directory as a reader opens it (BCVAE_RUN=pretrained/capacity25).
+COMMITTED = sorted(str(p.parent.relative_to(ROOT)) for p in (ROOT / "pretrained").glob("*/sha256"))
+
+
+@pytest.mark.parametrize("kind", ["run", "pretrained", *COMMITTED])
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_against_the_smoke_run(path, kind, request, monkeypatch):
-    target = request.getfixturevalue("smoke_run" if kind == "run" else "pretrained_smoke")
+    if kind.startswith("pretrained/"):
+        target = ROOT / kind
+    else:
+        target = request.getfixturevalue("smoke_run" if kind == "run" else "pretrained_smoke")
     monkeypatch.setenv("BCVAE_RUN", str(target))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
