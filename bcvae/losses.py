@@ -251,6 +251,9 @@ def kl_split(z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int, terms: di
     aggregate posterior q(z) differing from N(0, I), e.g. a shift of μ common to every
     image. A code that ignores x has mi = 0 whatever its KL. Both are estimates on B
     samples (mi ≤ log N); they sum to the Monte-Carlo KL, not exactly to "kl".
+    mi reaches its ceiling log N as soon as the B posteriors of a batch stop overlapping,
+    whatever the code's true I(x; z): a value near log N says "the batch's codes are apart",
+    not "the code identifies every image". (The truth is bounded too: I(x; z) ≤ H(x) = log N.)
     Reuses the β-TCVAE objective's own values when present. No gradients, no RNG.
     """
     if {"mi", "tc", "dw_kl"} <= terms.keys():

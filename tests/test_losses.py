@@ -203,6 +203,21 @@ def test_mi_of_two_separated_clusters_is_log_two():
     assert mi == pytest.approx(math.log(2.0), abs=0.02)
 
 
+def test_the_batch_mi_estimate_reads_log_n_once_a_batch_posteriors_stop_overlapping():
+    # The code takes one of K = 100,000 values (I(x; z) = log K = 11.5 nats for N = 10⁶ images),
+    # but the 64 codes of a batch are distinct and narrow: no z_i has density under another x_j,
+    # so the estimate is log N = 13.8 nats whatever K is. Near log N it is a ceiling, not a reading.
+    g = torch.Generator().manual_seed(2)
+    n, k = 10**6, 100_000
+    values = torch.randperm(k, generator=g)[:64].double()        # 64 distinct code values
+    mu = torch.stack([values / k * 8 - 4, torch.zeros(64, dtype=torch.float64)], dim=1)
+    logvar = torch.full_like(mu, math.log(1e-7 ** 2))
+    z = mu + torch.exp(0.5 * logvar) * torch.randn(64, 2, generator=g, dtype=torch.float64)
+    mi = kl_split(z, mu, logvar, n, {})["mi"].item()
+    assert mi == pytest.approx(math.log(n), abs=1e-3)
+    assert mi > math.log(k) + 2
+
+
 def test_every_objective_logs_mi_and_marginal_kl_that_sum_to_the_monte_carlo_kl():
     x, logits, mu, logvar, z = _posterior(batch=32, dim=4)
     q = Normal(mu, torch.exp(0.5 * logvar))
