@@ -35,7 +35,8 @@ EXPERIMENTS = {
 METRICS = config.METRICS  # every row scores every metric
 COLUMNS = [("recon_nll", "rec. NLL (val)"), ("kl", "KL (val)"), ("mig", "MIG"),
            ("factor_vae_score", "FactorVAE"), ("beta_vae_score", "BetaVAE"),
-           ("dci_disentanglement", "DCI dis."), ("sap", "SAP")]
+           ("dci_disentanglement", "DCI dis."), ("dci_informativeness", "DCI inf."), ("sap", "SAP")]
+ROW_VERSION = 2  # bumped when a row gains a field: cached rows of an older layout are scored again
 
 
 RUN_NAME = "{experiment}-seed{seed}"
@@ -85,7 +86,7 @@ def evaluate_run(run_dir: Path, experiment: str, seed: int, budget: str, num_poi
     """
     model, cfg, ckpt = load_model(run_dir / "checkpoint.pt")
     cached = run_dir / "results_row.json"
-    key = {"step": ckpt["step"], "metrics": list(METRICS), "num_points": num_points, "budget": budget,
+    key = {"row": ROW_VERSION, "step": ckpt["step"], "metrics": list(METRICS), "num_points": num_points, "budget": budget,
            "metrics_code": metrics_code_digest()}
     if cached.exists():
         row = json.loads(cached.read_text())
@@ -101,7 +102,8 @@ def evaluate_run(run_dir: Path, experiment: str, seed: int, budget: str, num_poi
         "experiment": experiment, "objective": cfg.loss.objective, "seed": seed, "budget": budget,
         "steps": ckpt["step"], "recon_nll": heldout["val/rec"], "kl": heldout["val/kl"],
         "mig": s.get("mig"), "factor_vae_score": s.get("factor_vae"), "beta_vae_score": s.get("beta_vae"),
-        "dci_disentanglement": (s.get("dci") or {}).get("disentanglement"), "sap": s.get("sap"),
+        "dci_disentanglement": (s.get("dci") or {}).get("disentanglement"),
+        "dci_informativeness": (s.get("dci") or {}).get("informativeness"), "sap": s.get("sap"),
         "kl_per_dim": [heldout[f"val/kl_dim/{i}"] for i in range(cfg.model.z_dim)],
         "switch_on_order": [list(map(_plain, x)) for x in latents.switch_on_order(rows)],
         "latent_factors": [{k: _plain(v) for k, v in r.items()} for r in latents.latent_factor_table(encode)],

@@ -10,7 +10,7 @@ import pytest
 from bcvae import reproduce
 
 REQUIRED = {"experiment", "objective", "seed", "budget", "recon_nll", "kl", "mig", "factor_vae_score",
-            "beta_vae_score", "dci_disentanglement", "sap"}
+            "beta_vae_score", "dci_disentanglement", "dci_informativeness", "sap"}
 
 
 def test_rows_from_a_real_run(smoke_run, tmp_path, monkeypatch):
