@@ -55,16 +55,17 @@ def last_kl_per_latent(rows: Sequence[dict], split: str = "val") -> np.ndarray |
 
 
 def switch_on_order(rows: Sequence[dict], threshold_nats: float = SWITCH_ON_NATS,
-                    split: str = "train") -> list[tuple[int, int]]:
+                    split: str = "train", after_step: int = 0) -> list[tuple[int, int]]:
     """The order in which latents switched on: ``[(latent, step), ...]`` by step.
 
-    A latent switches on at the first logged step where its KL
+    A latent switches on at the first logged step after ``after_step`` where its KL
     (``<split>/kl_dim/<i>``, each training row already an average over the
     logging interval) reaches ``threshold_nats`` (default one bit, see
     :data:`SWITCH_ON_NATS`). Latents that never do are left out; latents that
     switch on at the same logged step are ordered by their KL there, largest first.
+    ``after_step`` skips a warm start (see :func:`objective_start`), where every latent carries KL.
     """
-    rows = sorted(rows, key=lambda r: r["step"])
+    rows = sorted((r for r in rows if r["step"] > after_step), key=lambda r: r["step"])
     found = []
     for i in range(n_latents(rows, split)):
         steps, kl = series(rows, f"{split}/kl_dim/{i}")
@@ -72,6 +73,14 @@ def switch_on_order(rows: Sequence[dict], threshold_nats: float = SWITCH_ON_NATS
         if len(above):
             found.append((int(steps[above[0]]), -float(kl[above[0]]), i))
     return [(i, step) for step, _, i in sorted(found)]
+
+
+def objective_start(loss_cfg) -> int:
+    """First step of the configured objective proper: after the capacity objective's β = 1 warm
+    start and γ warm-up (``loss.warm_start_steps + loss.gamma_warmup_steps``), else 0."""
+    if loss_cfg.objective != "capacity":
+        return 0
+    return loss_cfg.warm_start_steps + loss_cfg.gamma_warmup_steps
 
 
 def order_by_kl(kl: np.ndarray) -> list[int]:

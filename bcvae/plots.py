@@ -27,6 +27,7 @@ from bcvae.latents import (
     factor_table,
     last_kl_per_latent,
     latent_kl,
+    objective_start,
     order_by_kl,
     random_classes,
     switch_on_order,
@@ -145,7 +146,9 @@ def write_run_plots(run_dir: Path, n_per_value: int = 32) -> list[Path]:
     paths.append(write_traversal_gif(frames, out / "traversals.gif"))
     paths.append(out / "latents.json")
     summary = {"step": run.ckpt["step"], "images": run.images_from, "switch_on_nats": SWITCH_ON_NATS,
-               "switch_on_order": [{"latent": i, "step": step} for i, step in switch_on_order(run.rows)],
+               "switch_on_after": objective_start(run.cfg.loss),
+               "switch_on_order": [{"latent": i, "step": step}
+                                   for i, step in switch_on_order(run.rows, after_step=objective_start(run.cfg.loss))],
                "factor_table": factor_table(codes, kl)}
     paths[-1].write_text(json.dumps(summary, indent=2) + "\n")
     return paths

@@ -88,15 +88,15 @@ def evaluate_run(run_dir: Path, experiment: str, seed: int, budget: str, num_poi
     cached = run_dir / "results_row.json"
     key = {"row": ROW_VERSION, "step": ckpt["step"], "metrics": list(METRICS), "num_points": num_points, "budget": budget,
            "metrics_code": metrics_code_digest()}
+    rows = track.read_jsonl(run_dir / "metrics.jsonl")
     if cached.exists():
         row = json.loads(cached.read_text())
         if row.get("cache_key") == key:
-            return row
+            return {**row, **switch_on(rows, cfg)}  # read from the log, not scored: always current
     result = evaluate.evaluate_model(model, cfg, ckpt, run_dir / "checkpoint.pt", METRICS, seed=seed, num_points=num_points)
     write_json(run_dir / "eval.json", result)
     s = result["scores"]
     heldout = evaluate.model_heldout_loss(model, cfg, ckpt, seed=seed)  # the whole held-out fold
-    rows = track.read_jsonl(run_dir / "metrics.jsonl")
     encode = make_encode(model, next(model.parameters()).device)
     row = {
         "experiment": experiment, "objective": cfg.loss.objective, "seed": seed, "budget": budget,
@@ -105,13 +105,20 @@ def evaluate_run(run_dir: Path, experiment: str, seed: int, budget: str, num_poi
         "dci_disentanglement": (s.get("dci") or {}).get("disentanglement"),
         "dci_informativeness": (s.get("dci") or {}).get("informativeness"), "sap": s.get("sap"),
         "kl_per_dim": [heldout[f"val/kl_dim/{i}"] for i in range(cfg.model.z_dim)],
-        "switch_on_order": [list(map(_plain, x)) for x in latents.switch_on_order(rows)],
+        **switch_on(rows, cfg),
         "latent_factors": [{k: _plain(v) for k, v in r.items()} for r in latents.latent_factor_table(encode)],
         "provenance": result.get("provenance"), "run_dir": str(run_dir),
         "eval_settings": result.get("settings"), "eval_seconds": result.get("seconds"), "cache_key": key,
     }
     write_json(cached, row)
     return row
+
+
+def switch_on(rows: list[dict], cfg) -> dict:
+    """The order latents switched on (KL ≥ one bit), counted from the objective proper (after a warm start)."""
+    after = latents.objective_start(cfg.loss)
+    return {"switch_on_after": after,
+            "switch_on_order": [list(map(_plain, x)) for x in latents.switch_on_order(rows, after_step=after)]}
 
 
 def _plain(v):

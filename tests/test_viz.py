@@ -192,6 +192,17 @@ def test_switch_on_order_follows_first_crossing_of_one_bit():
     assert latents.switch_on_order(rows) == [(2, 100), (3, 200), (4, 300), (1, 300)]
     assert latents.switch_on_order(rows, threshold_nats=0.25) == [(2, 100), (3, 200), (4, 200), (1, 300), (0, 400)]
     assert latents.SWITCH_ON_NATS == pytest.approx(np.log(2))
+    # A warm start (every latent carries KL) is skipped: counting starts after step 100.
+    assert latents.switch_on_order(rows, after_step=100) == [(2, 200), (3, 200), (4, 300), (1, 300)]
+
+
+def test_the_objective_proper_starts_after_the_capacity_warm_start_and_gamma_warm_up():
+    from bcvae import config
+    from conftest import ROOT
+
+    cfg = config.load(ROOT / "experiments" / "capacity25.yaml")
+    assert latents.objective_start(cfg.loss) == 1000 + 2000  # the file's header: "from step 3,000 on"
+    assert latents.objective_start(config.load(ROOT / "experiments" / "beta4.yaml").loss) == 0
 
 
 def test_history_merges_rows_sharing_a_step():
