@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# The committed pretrained/<experiment> directories (tests/test_pretrained_committed.py, test_notebooks.py).
+COMMITTED_PRETRAINED = sorted(p.parent for p in (ROOT / "pretrained").glob("*/sha256"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/wandb_records.py
 
 os.environ["WANDB_MODE"] = "offline"

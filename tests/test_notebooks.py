@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import ROOT
+from conftest import COMMITTED_PRETRAINED, ROOT
 
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
@@ -38,7 +38,7 @@ def pretrained_smoke(smoke_run, tmp_path_factory):
 
 
 # A committed pretrained/<experiment> directory as a reader opens it (BCVAE_RUN=pretrained/capacity25).
-COMMITTED = sorted(str(p.parent.relative_to(ROOT)) for p in (ROOT / "pretrained").glob("*/sha256"))
+COMMITTED = [str(d.relative_to(ROOT)) for d in COMMITTED_PRETRAINED]
 
 
 @pytest.mark.parametrize("kind", ["run", "pretrained", *COMMITTED])

@@ -7,21 +7,19 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from bcvae import plots
-from bcvae.checkpoint import load_model
+from bcvae.checkpoint import PRETRAINED_MAX_BYTES, load_model
 from bcvae.data.render import all_latents_classes, render_dsprites
 from bcvae.losses import recon_nll
+from conftest import COMMITTED_PRETRAINED as COMMITTED
 from conftest import ROOT
 
-COMMITTED = sorted(p.parent for p in (ROOT / "pretrained").glob("*/sha256"))
 EXPERIMENTS = ("capacity25", "beta4", "factorvae", "btcvae")
-MAX_BYTES = 2 * 1024 * 1024
 # Every objective starts on a plateau where the decoder draws the mean image, at ≈ 565 nats
 # per image (README, Results); a model of the same data that uses its latents sits far below.
 PLATEAU_NLL = 565.0
@@ -41,7 +39,7 @@ def test_every_file_matches_its_recorded_sum_and_is_small(d):
     listed = {line.split("  ", 1)[1] for line in (d / "sha256").read_text().splitlines()}
     assert listed | {"sha256"} == {p.name for p in d.iterdir()}, "a file without a recorded sum"
     for p in d.iterdir():
-        assert p.stat().st_size < MAX_BYTES, f"{p}: {p.stat().st_size} bytes"
+        assert p.stat().st_size < PRETRAINED_MAX_BYTES, f"{p}: {p.stat().st_size} bytes"
 
 
 @pytest.mark.parametrize("d", COMMITTED, ids=lambda d: d.name)

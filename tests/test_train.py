@@ -98,26 +98,32 @@ def test_budget_stop_then_resume_equals_uninterrupted(tmp_path):
     assert overshoot[first_resumed] < overshoot[:first_resumed].max(), "the check needs a maximum to carry over"
 
 
+def _train_crashing_at(step: int, cfg: config.Config, monkeypatch) -> None:
+    """Train ``cfg`` as a process that dies outright before optimisation step ``step``: no
+    signal handler runs, nothing more is written. The real step is restored afterwards."""
+    real_step = train.Trainer._guarded_step
+
+    def crash(self, x, x_other):
+        if self.step == step:
+            raise RuntimeError("machine lost")
+        return real_step(self, x, x_other)
+
+    with monkeypatch.context() as m:
+        m.setattr(train.Trainer, "_guarded_step", crash)
+        train.train(cfg)
+
+
 def test_a_crash_mid_epoch_loses_only_the_steps_since_the_periodic_checkpoint(tmp_path, monkeypatch):
     """A process killed outright writes nothing more: the periodic in-epoch checkpoint bounds the loss,
     and resuming from it gives the uninterrupted run's parameters and log."""
     every = ["train.epochs=2", "train.steps_per_epoch=30", "train.checkpoint_every=10"]
     whole = train.Trainer(load(tmp_path / "a", *every))
     whole.fit()
-    real_step = train.Trainer._guarded_step
-
-    def crash_at_27(self, x, x_other):
-        if self.step == 27:
-            raise RuntimeError("machine lost")
-        return real_step(self, x, x_other)
-
-    monkeypatch.setattr(train.Trainer, "_guarded_step", crash_at_27)
     with pytest.raises(RuntimeError, match="machine lost"):
-        train.train(load(tmp_path / "b", *every))
+        _train_crashing_at(27, load(tmp_path / "b", *every), monkeypatch)
     run_dir = train.run_dir_for(load(tmp_path / "b", *every))
     ckpt = checkpoint.load_checkpoint(run_dir / "checkpoint.pt")
     assert (ckpt["step"], ckpt["epoch"], ckpt["step_in_epoch"]) == (20, 0, 20)  # steps 21-27 lost, no more
-    monkeypatch.setattr(train.Trainer, "_guarded_step", real_step)
     train.train(load(tmp_path / "b", *every))
     assert_same_params(params(whole.dir), params(run_dir))
     logged = [[(r["step"], r["train/loss"]) for r in train.track.read_jsonl(d / "metrics.jsonl") if "train/loss" in r]
@@ -126,12 +132,9 @@ def test_a_crash_mid_epoch_loses_only_the_steps_since_the_periodic_checkpoint(tm
 
 
 def test_without_periodic_checkpoints_a_crash_falls_back_to_the_epoch_start(tmp_path, monkeypatch):
-    real_step = train.Trainer._guarded_step
-    monkeypatch.setattr(train.Trainer, "_guarded_step", lambda self, x, x_other: (
-        (_ for _ in ()).throw(RuntimeError("machine lost")) if self.step == 27 else real_step(self, x, x_other)))
     cfg = load(tmp_path, "train.epochs=2", "train.steps_per_epoch=30", "train.checkpoint_every=0")
     with pytest.raises(RuntimeError, match="machine lost"):
-        train.train(cfg)
+        _train_crashing_at(27, cfg, monkeypatch)
     assert checkpoint.load_checkpoint(train.run_dir_for(cfg) / "checkpoint.pt")["step"] == 0  # the run's start
 
 
