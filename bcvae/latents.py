@@ -83,6 +83,17 @@ def objective_start(loss_cfg) -> int:
     return loss_cfg.warm_start_steps + loss_cfg.gamma_warmup_steps
 
 
+def switch_on_summary(rows: Sequence[dict], loss_cfg) -> dict:
+    """The switch-on order as recorded in results rows and ``latents.json``: counted from the
+    objective proper (a warm start's KL is not a latent switching on).
+
+    ``{"switch_on_after": step, "switch_on_order": [{"latent": i, "step": s}, ...]}``.
+    """
+    after = objective_start(loss_cfg)
+    return {"switch_on_after": after,
+            "switch_on_order": [{"latent": i, "step": s} for i, s in switch_on_order(rows, after_step=after)]}
+
+
 def order_by_kl(kl: np.ndarray) -> list[int]:
     """Latent indices, most informative (largest KL) first."""
     return [int(i) for i in np.argsort(-np.nan_to_num(np.asarray(kl, np.float64), nan=-np.inf), kind="stable")]

@@ -27,10 +27,9 @@ from bcvae.latents import (
     factor_table,
     last_kl_per_latent,
     latent_kl,
-    objective_start,
     order_by_kl,
     random_classes,
-    switch_on_order,
+    switch_on_summary,
 )
 from bcvae.track import load_history
 from bcvae.viz import (
@@ -145,10 +144,7 @@ def write_run_plots(run_dir: Path, n_per_value: int = 32) -> list[Path]:
     frames = traversal_frames(run.model, run.images[:1], order_by_kl(kl), np.linspace(-3, 3, 13))
     paths.append(write_traversal_gif(frames, out / "traversals.gif"))
     paths.append(out / "latents.json")
-    after = objective_start(run.cfg.loss)  # a warm start's KL is not a latent switching on
     summary = {"step": run.ckpt["step"], "images": run.images_from, "switch_on_nats": SWITCH_ON_NATS,
-               "switch_on_after": after,
-               "switch_on_order": [{"latent": i, "step": step} for i, step in switch_on_order(run.rows, after_step=after)],
-               "factor_table": factor_table(codes, kl)}
+               **switch_on_summary(run.rows, run.cfg.loss), "factor_table": factor_table(codes, kl)}
     paths[-1].write_text(json.dumps(summary, indent=2) + "\n")
     return paths

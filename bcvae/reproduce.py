@@ -92,7 +92,7 @@ def evaluate_run(run_dir: Path, experiment: str, seed: int, budget: str, num_poi
     if cached.exists():
         row = json.loads(cached.read_text())
         if row.get("cache_key") == key:
-            return {**row, **switch_on(rows, cfg)}  # read from the log, not scored: always current
+            return {**row, **latents.switch_on_summary(rows, cfg.loss)}  # read from the log, not scored: always current
     result = evaluate.evaluate_model(model, cfg, ckpt, run_dir / "checkpoint.pt", METRICS, seed=seed, num_points=num_points)
     write_json(run_dir / "eval.json", result)
     s = result["scores"]
@@ -105,20 +105,13 @@ def evaluate_run(run_dir: Path, experiment: str, seed: int, budget: str, num_poi
         "dci_disentanglement": (s.get("dci") or {}).get("disentanglement"),
         "dci_informativeness": (s.get("dci") or {}).get("informativeness"), "sap": s.get("sap"),
         "kl_per_dim": [heldout[f"val/kl_dim/{i}"] for i in range(cfg.model.z_dim)],
-        **switch_on(rows, cfg),
+        **latents.switch_on_summary(rows, cfg.loss),
         "latent_factors": [{k: _plain(v) for k, v in r.items()} for r in latents.latent_factor_table(encode)],
         "provenance": result.get("provenance"), "run_dir": str(run_dir),
         "eval_settings": result.get("settings"), "eval_seconds": result.get("seconds"), "cache_key": key,
     }
     write_json(cached, row)
     return row
-
-
-def switch_on(rows: list[dict], cfg) -> dict:
-    """The order latents switched on (KL ≥ one bit), counted from the objective proper (after a warm start)."""
-    after = latents.objective_start(cfg.loss)
-    return {"switch_on_after": after,
-            "switch_on_order": [list(map(_plain, x)) for x in latents.switch_on_order(rows, after_step=after)]}
 
 
 def _plain(v):
@@ -153,7 +146,8 @@ def latent_report(rows: list[dict]) -> str:
             continue
         factors = {d["latent"]: d for d in r["latent_factors"]}
         parts = []
-        for latent, step in r["switch_on_order"]:
+        for on in r["switch_on_order"]:
+            latent, step = on["latent"], on["step"]
             f = factors.get(latent, {})
             parts.append(f"z{latent}@{step} → {f.get('factor', '?')} ({f.get('score', float('nan')):.2f})")
         out.append(f"- {r['experiment']} seed {r['seed']}: " + ", ".join(parts))

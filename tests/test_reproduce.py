@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from bcvae import reproduce
+from bcvae import latents, reproduce, track
+from bcvae.checkpoint import load_model
 
 REQUIRED = {"experiment", "objective", "seed", "budget", "recon_nll", "kl", "mig", "factor_vae_score",
             "beta_vae_score", "dci_disentanglement", "dci_informativeness", "sap"}
@@ -22,7 +23,10 @@ def test_rows_from_a_real_run(smoke_run, tmp_path, monkeypatch):
     assert row["recon_nll"] == pytest.approx(summary["val/rec"], rel=0.05)
     assert row["kl"] == pytest.approx(summary["val/kl"], rel=0.05)
     assert 0 <= row["mig"] <= 1 and row["objective"] == "capacity"
-    assert all(isinstance(latent, int) for latent, _ in row["switch_on_order"])
+    cfg = load_model(smoke_run / "checkpoint.pt")[1]
+    log = track.read_jsonl(smoke_run / "metrics.jsonl")
+    assert row["switch_on_order"] == latents.switch_on_summary(log, cfg.loss)["switch_on_order"]
+    assert all(isinstance(on["latent"], int) and isinstance(on["step"], int) for on in row["switch_on_order"])
     assert {d["latent"] for d in row["latent_factors"]} == set(range(10))
     assert reproduce.evaluate_run(smoke_run, "smoke", 0, "test", num_points=500) == row  # cached row
     # Other metric code (a changed estimator) scores again instead of reusing the cached row.

@@ -13,6 +13,7 @@ import torch
 from matplotlib.figure import Figure
 
 from bcvae import latents, plots, track, viz
+from bcvae.checkpoint import load_model
 from bcvae.data import FACTOR_NAMES, FACTOR_SIZES, render_dsprites
 from bcvae.errors import RunFileError
 from bcvae.model import VAE
@@ -196,6 +197,18 @@ def test_switch_on_order_follows_first_crossing_of_one_bit():
     assert latents.switch_on_order(rows, after_step=100) == [(2, 200), (3, 200), (4, 300), (1, 300)]
 
 
+def test_switch_on_summary_counts_from_the_objective_proper():
+    from types import SimpleNamespace
+
+    rows = kl_rows([100, 200, 300], {0: [2.0, 2.0, 2.0], 1: [2.0, 0.1, 1.0], 2: [0.0, 0.0, 0.0]})
+    warm = SimpleNamespace(objective="capacity", warm_start_steps=50, gamma_warmup_steps=100)
+    assert latents.switch_on_summary(rows, warm) == {
+        "switch_on_after": 150, "switch_on_order": [{"latent": 0, "step": 200}, {"latent": 1, "step": 300}]}
+    beta = SimpleNamespace(objective="beta")
+    assert latents.switch_on_summary(rows, beta)["switch_on_order"] == [{"latent": 0, "step": 100},
+                                                                        {"latent": 1, "step": 100}]
+
+
 def test_the_objective_proper_starts_after_the_capacity_warm_start_and_gamma_warm_up():
     from bcvae import config
     from conftest import ROOT
@@ -318,6 +331,9 @@ def test_write_run_plots_writes_every_figure(smoke_run):
     z_dim = latents.n_latents(read_jsonl(smoke_run / "metrics.jsonl"))
     assert sorted(r["latent"] for r in summary["factor_table"]) == list(range(z_dim))
     assert summary["images"].startswith("validation fold")
+    cfg = load_model(smoke_run / "checkpoint.pt")[1]
+    rows = read_jsonl(smoke_run / "metrics.jsonl")
+    assert {k: summary[k] for k in ("switch_on_after", "switch_on_order")} == latents.switch_on_summary(rows, cfg.loss)
 
 
 def test_display_sample_shows_the_dataset_not_the_first_sorted_rows():
