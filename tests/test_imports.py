@@ -143,6 +143,7 @@ MAY_IMPORT = {
     "bcvae.sweep": {"bcvae.config", "bcvae.errors", "bcvae.train"},
     "bcvae.reproduce": {"bcvae.checkpoint", "bcvae.config", "bcvae.encode", "bcvae.errors", "bcvae.evaluate",
                         "bcvae.latents", "bcvae.track", "bcvae.viz"},
+    "bcvae.tc_bias": {"bcvae.checkpoint", "bcvae.data", "bcvae.errors", "bcvae.latents", "bcvae.losses"},
     "bcvae.plateau": {"bcvae.checkpoint", "bcvae.errors", "bcvae.latents", "bcvae.reproduce", "bcvae.track",
                       "bcvae.viz"},
 }

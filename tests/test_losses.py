@@ -218,6 +218,36 @@ def test_the_batch_mi_estimate_reads_log_n_once_a_batch_posteriors_stop_overlapp
     assert mi > math.log(k) + 2
 
 
+def test_the_batch_tc_estimate_of_a_factorial_code_is_biased_at_small_batches():
+    # Codes on a Cartesian 32 × 32 grid with unit-variance posteriors overlapping their grid
+    # neighbours: q(z) = q(z_1)·q(z_2) exactly, so TC = 0 at every z. With the whole dataset in one
+    # batch (B = N) the stratified estimate reads ≈ 0; batches of 64 miss the neighbours whose
+    # posteriors overlap each z_i, underestimate log q(z) more than the per-dimension marginals,
+    # and read TC ≈ −0.56 nats: a bias larger than the quantity. Bigger batches shrink it.
+    from bcvae.tc_bias import estimates_by_batch_size
+
+    grid = torch.arange(32, dtype=torch.float64)
+    mu = torch.cartesian_prod(grid, grid)                         # (1024, 2)
+    logvar = torch.zeros_like(mu)
+    b64, b256, whole = estimates_by_batch_size(mu, logvar, len(mu), [64, 256, len(mu)])
+    assert (b64["batches"], b256["batches"], whole["batches"]) == (16, 4, 1)
+    assert abs(whole["tc"]) < 0.1
+    assert b64["tc"] < -0.4 and b64["tc"] < b256["tc"] < whole["tc"]
+    # MI + TC + dim-wise KL is the Monte-Carlo KL of the same sample, whatever the batch
+    assert b64["kl"] == pytest.approx(whole["kl"]) == pytest.approx(b256["kl"])
+    with pytest.raises(ValueError, match="batch size 2048"):
+        estimates_by_batch_size(mu, logvar, len(mu), [2048])
+
+
+def test_tc_bias_reports_a_trained_run(smoke_run, capsys):
+    from bcvae import tc_bias
+
+    assert tc_bias.main([str(smoke_run), "--images", "256", "--batch-sizes", "64,128"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    # smoke.yaml: 2,000 images in 10 folds, one held out -> the objective's N is 1,800
+    assert "N = 1,800" in table[0] and [line.split("|")[1].strip() for line in table[3:]] == ["64", "128"]
+
+
 def test_every_objective_logs_mi_and_marginal_kl_that_sum_to_the_monte_carlo_kl():
     x, logits, mu, logvar, z = _posterior(batch=32, dim=4)
     q = Normal(mu, torch.exp(0.5 * logvar))
