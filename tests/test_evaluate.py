@@ -31,6 +31,29 @@ def test_heldout_loss_covers_the_held_out_fold(smoke_run):
     assert np.isclose(terms["val/kl"], sum(terms[f"val/kl_dim/{i}"] for i in range(10)), rtol=1e-5)
 
 
+def test_heldout_batches_mix_the_sorted_fold_whatever_the_order_given(smoke_run):
+    # The fold is stored sorted by factors; the batch estimators (MI, TC) need each batch to be
+    # a uniform sample, so a batch must not be a run of neighbouring images.
+    from bcvae.data import load_split
+
+    model, cfg, ckpt = evaluate.load_model(smoke_run / "checkpoint.pt")
+    cfg.train.val_batch_size = 50
+    val = load_split(cfg.data).val
+    assert (np.diff(val.factors[:, 1]) >= 0).all()                # stored sorted: shape first
+
+    def run(indices):
+        batches = []
+        terms = evaluate.heldout_terms(model, None, val, indices, cfg, ckpt["step"], torch.device("cpu"),
+                                       seed=3, dataset_size=1800, on_batch=lambda j, x, idx: batches.append(idx))
+        return terms, batches
+
+    terms, batches = run(np.arange(len(val)))
+    assert sorted(np.concatenate(batches).tolist()) == list(range(len(val)))  # every image once
+    assert all(len(set(val.factors[idx, 1])) == 3 for idx in batches)         # every batch holds every shape
+    again, batches_again = run(np.arange(len(val))[::-1])
+    assert again == terms and all((a == b).all() for a, b in zip(batches, batches_again))
+
+
 def test_eval_cli_writes_json_and_logs_to_the_run(smoke_run):
     proc = subprocess.run([sys.executable, "-m", "bcvae", "eval", str(smoke_run), "--metrics", "mig,sap",
                            "--num-points", "500"], cwd=ROOT, capture_output=True, text=True)
