@@ -1,4 +1,4 @@
-"""Command line: ``bcvae train|cv|eval|data|sweep|plots|reproduce|plateau`` (also ``python -m bcvae``).
+"""Command line: ``bcvae train|cv|eval|data|sweep|plots|reproduce|plateau|tc-bias`` (also ``python -m bcvae``).
 
 Every command shares one error boundary (:func:`main`). Exit codes: 0 success;
 2 a user mistake (config, argument, edited run record), one line naming the file,
@@ -110,6 +110,10 @@ def _route(argv: list[str]) -> int:
         from bcvae import plateau
 
         return plateau.main(argv[1:])
+    if argv[:1] == ["tc-bias"]:  # likewise: bcvae tc-bias --help
+        from bcvae import tc_bias
+
+        return tc_bias.main(argv[1:])
     return _dispatch(_parser().parse_args(argv))
 
 

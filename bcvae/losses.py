@@ -217,7 +217,7 @@ def tc_decomposition(z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int,
     dataset neighbours whose posteriors overlap each z_i, so log q(z) reads low and TC with
     it: −0.56 nats at B = 64 on a code whose TC is exactly 0 (tests/test_losses.py), and on
     the trained β-TCVAE of README "Full length" −3.4 nats at B = 64, −1.0 at B = 4096
-    (:mod:`bcvae.tc_bias`).
+    (``bcvae tc-bias``).
     MI + TC + dw-KL equals the Monte-Carlo KL  E[log q(z|x) − log p(z)]  under either.
 
     z, mu, logvar : (B, D) with B >= 2; dataset_size N >= B. Returns three scalars.

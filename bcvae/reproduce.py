@@ -92,7 +92,8 @@ def evaluate_run(run_dir: Path, experiment: str, seed: int, budget: str, num_poi
     if cached.exists():
         row = json.loads(cached.read_text())
         if row.get("cache_key") == key:
-            return {**row, **latents.switch_on_summary(rows, cfg.loss)}  # read from the log, not scored: always current
+            # the switch-on order is read from the log, not scored: always current
+            return {**row, **latents.switch_on_summary(rows, cfg.loss)}
     result = evaluate.evaluate_model(model, cfg, ckpt, run_dir / "checkpoint.pt", METRICS, seed=seed, num_points=num_points)
     write_json(run_dir / "eval.json", result)
     s = result["scores"]

@@ -9,7 +9,7 @@ correlation reads low, below zero on a trained model. This module encodes one
 set of images once and averages the three estimates over disjoint batches of
 several sizes, so the bias can be read off against the batch size::
 
-    python -m bcvae.tc_bias pretrained/btcvae --images 16384 --batch-sizes 64,256,1024,4096
+    python -m bcvae tc-bias pretrained/btcvae --images 16384 --batch-sizes 64,256,1024,4096
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ def estimates_by_batch_size(mu: torch.Tensor, logvar: torch.Tensor, dataset_size
 
 
 def markdown(rows: list[dict]) -> str:
+    """The rows of :func:`estimates_by_batch_size` as a markdown table (nats)."""
     lines = ["| batch | batches | MI | TC | dim-wise KL | KL |", "|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['batch']} | {r['batches']} | {r['mi']:.2f} | {r['tc']:.2f} | {r['dw_kl']:.2f} | {r['kl']:.2f} |"
               for r in rows]
@@ -61,12 +62,18 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m bcvae.tc_bias", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="bcvae tc-bias", description=__doc__.splitlines()[0])
     p.add_argument("run", help="run directory (runs/<exp>/fold<k>) or pretrained/<experiment>")
     p.add_argument("--images", type=int, default=16_384, help="images rendered from uniform factors")
     p.add_argument("--batch-sizes", default="64,256,1024,4096")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    try:
+        batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    except ValueError:
+        p.error(f"--batch-sizes {args.batch_sizes!r} is not a comma-separated list of integers")
+    if max(batch_sizes) > args.images or min(batch_sizes) < 2:
+        p.error(f"--batch-sizes {args.batch_sizes!r}: each must lie in [2, --images = {args.images}]")
     model, cfg, _ = load_model(checkpoint_path(Path(args.run)), torch.device("cpu"))
     images = render_dsprites(random_classes(args.images, np.random.default_rng(args.seed)))
     x = torch.from_numpy(images).unsqueeze(1).float()
@@ -75,11 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     # the objective's N: the k - 1 training folds (to within a rounding for a data.subset)
     dataset_size = (cfg.data.subset or N_IMAGES) * (cfg.data.k - 1) // cfg.data.k
     rows = estimates_by_batch_size(torch.cat(mu).double(), torch.cat(logvar).double(), dataset_size,
-                                   [int(b) for b in args.batch_sizes.split(",")], args.seed)
+                                   batch_sizes, args.seed)
     print(f"{args.run}: {args.images:,} rendered images, N = {dataset_size:,}, one posterior sample each")
     print(markdown(rows))
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -240,12 +240,22 @@ def test_the_batch_tc_estimate_of_a_factorial_code_is_biased_at_small_batches():
 
 
 def test_tc_bias_reports_a_trained_run(smoke_run, capsys):
-    from bcvae import tc_bias
+    from bcvae import cli
 
-    assert tc_bias.main([str(smoke_run), "--images", "256", "--batch-sizes", "64,128"]) == 0
+    assert cli.main(["tc-bias", str(smoke_run), "--images", "256", "--batch-sizes", "64,128"]) == 0
     table = capsys.readouterr().out.splitlines()
     # smoke.yaml: 2,000 images in 10 folds, one held out -> the objective's N is 1,800
     assert "N = 1,800" in table[0] and [line.split("|")[1].strip() for line in table[3:]] == ["64", "128"]
+
+
+@pytest.mark.parametrize("sizes, message", [("64,x", "not a comma-separated list"), ("64,512", "[2, --images = 256]"),
+                                            ("1", "[2, --images = 256]")])
+def test_tc_bias_refuses_bad_batch_sizes_in_one_line(smoke_run, capsys, sizes, message):
+    from bcvae import cli
+
+    assert cli.main(["tc-bias", str(smoke_run), "--images", "256", "--batch-sizes", sizes]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0] and "--batch-sizes" in err[0], err
 
 
 def test_every_objective_logs_mi_and_marginal_kl_that_sum_to_the_monte_carlo_kl():
