@@ -160,6 +160,20 @@ def _latent_label(d: int, kl: np.ndarray | None) -> str:
     return f"z{d}" if kl is None else f"z{d}\n{kl[d]:.2f} nats"
 
 
+def step_tick(step: float, _pos=None) -> str:
+    """Tick label of a training-step axis: ``"155k"`` rather than ``"155000"``, so the
+    labels of a 100k-step run do not run into each other."""
+    return f"{step / 1000:g}k" if abs(step) >= 1000 else f"{step:g}"
+
+
+def _step_axis(ax) -> None:
+    """Label ``ax``'s x axis as training steps, ticks in thousands (:func:`step_tick`)."""
+    from matplotlib.ticker import FuncFormatter
+
+    ax.set_xlabel("training step")
+    ax.xaxis.set_major_formatter(FuncFormatter(step_tick))
+
+
 def traversal_figure(model: torch.nn.Module, x: torch.Tensor, kl: np.ndarray | None = None,
                      values: np.ndarray | None = None, dims: Sequence[int] | None = None) -> Figure:
     """Latent traversals of one image: rows = latents by KL, columns = latent values.
@@ -227,7 +241,7 @@ def kl_emergence_figure(rows: Sequence[dict], split: str = "train",
     if len(steps):
         ax.plot(steps, cap, color="black", ls="--", lw=1.5, label="capacity C")
     ax.axhline(threshold_nats, color="grey", ls=":", lw=1, label=f"switch-on ({threshold_nats:.2f})")
-    ax.set_xlabel("training step")
+    _step_axis(ax)
     ax.set_ylabel("KL (nats)")
     ax.set_title(f"KL per latent ({split}): latents switching on")
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
@@ -250,7 +264,7 @@ def loss_curves_figure(rows: Sequence[dict]) -> Figure:
         drawn = np.concatenate([line.get_ydata() for line in ax.get_lines()] or [np.zeros(0)])
         if len(drawn) and np.all(drawn > 0):
             ax.set_yscale("log")
-        ax.set_xlabel("training step")
+        _step_axis(ax)
         ax.set_title(f"{label} (nats)")
         if ax.get_lines():
             ax.legend(fontsize=8)
@@ -280,7 +294,7 @@ def information_figure(rows: Sequence[dict], split: str = "train") -> Figure:
     fig = _figure(11.0, 3.6)
     info, rec = fig.subplots(1, 2)
     draw_information(info, rows, split)
-    info.set_xlabel("training step")
+    _step_axis(info)
     info.set_ylabel("nats")
     info.set_title(f"KL = I(x; z) + KL(q(z) ‖ p(z))  ({split})")
     if info.get_lines():
@@ -288,7 +302,7 @@ def information_figure(rows: Sequence[dict], split: str = "train") -> Figure:
     steps, values = series(rows, f"{split}/rec")
     if len(steps):
         rec.plot(steps, values, color="tab:green", lw=1.4)
-    rec.set_xlabel("training step")
+    _step_axis(rec)
     rec.set_title(f"reconstruction NLL ({split}, nats)")
     return fig
 
@@ -320,7 +334,7 @@ def seeds_figure(histories: dict[str, dict[str, Sequence[dict]]],
             if key.endswith("/rec") and ax.get_lines():
                 ax.set_yscale("log")
             ax.set_title(f"{name}: {label}", fontsize=9)
-            ax.set_xlabel("training step")
+            _step_axis(ax)
             if ax.get_lines():
                 ax.legend(fontsize=7)
     return fig

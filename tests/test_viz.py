@@ -180,6 +180,18 @@ def test_seeds_figure_draws_each_run_of_each_experiment():
     np.testing.assert_allclose(kl_capacity.get_lines()[1].get_ydata(), [0.5 * s for s in range(0, 100, 10)])
 
 
+def test_step_axes_label_thousands_so_long_runs_stay_readable():
+    assert [viz.step_tick(s) for s in (0, 500, 1000, 2500, 100000, 155520)] == \
+        ["0", "500", "1k", "2.5k", "100k", "155.52k"]
+    rows = [{"step": s, "train/rec": 100.0, "train/kl": 1.0} for s in (0, 50000, 155520)]
+    for fig in (viz.seeds_figure({"run": {"seed 0": rows}}), viz.loss_curves_figure(rows),
+                viz.information_figure(rows), viz.kl_emergence_figure(rows)):
+        for ax in fig.get_axes():
+            if ax.get_xlabel():
+                assert ax.get_xlabel() == "training step"
+                assert ax.xaxis.get_major_formatter()(100000, 0) == "100k"
+
+
 def test_switch_on_order_follows_first_crossing_of_one_bit():
     steps = [100, 200, 300, 400]
     rows = kl_rows(steps, {
