@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run-name", default=RUN_NAME,
                    help=f"name of each (experiment, seed) run, default {RUN_NAME!r}; '{{experiment}}' finds the "
                         "runs of `make train EXP=...` (with --no-train and one seed)")
+    p.add_argument("--keep-rows", action="store_true",
+                   help="keep the rows OUT/<budget>.json already holds for other (experiment, seed) pairs, "
+                        "so seeds run under different names can share one table")
     p.add_argument("overrides", nargs="*", help="key=value applied to every run")
     args = p.parse_args(argv)
     # Everything is checked before the first of hours of training starts.
@@ -183,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     experiments = [e for e in args.experiments.split(",") if e] or EXPERIMENTS[args.budget]
     jobs = [(e, s) for e in experiments for s in seeds]
     names = run_names(jobs, args.run_name, p)
+    kept = earlier_rows(Path(args.out) / f"{args.budget}.json", p) if args.keep_rows else []
     for (e, s), name in zip(jobs, names):  # a missing file or a bad override: one line naming it (ConfigError)
         config.load(root / "experiments" / f"{e}.yaml", [f"seed={s}", f"name={name}", *args.overrides])
     threads = 1 if args.jobs > 1 else (os.cpu_count() or 1)
@@ -197,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dirs = list(pool.map(lambda j, name: train_one(*j, threads=threads, overrides=args.overrides,
                                                                 root=root, name=name), jobs, names))
     rows = [evaluate_run(d, e, s, args.budget, args.num_points) for d, (e, s) in zip(run_dirs, jobs)]
-    write_results(rows, Path(args.out), args.budget)
+    write_results(merge_rows(kept, rows, EXPERIMENTS.get(args.budget, [])), Path(args.out), args.budget)
     return 0
 
 
@@ -211,6 +215,32 @@ def run_names(jobs: list[tuple[str, int]], pattern: str, parser: ArgumentParser)
     if clash is not None:
         parser.error(f"--run-name {pattern!r} names several runs {clash!r}: include {{seed}} (and {{experiment}})")
     return names
+
+
+def earlier_rows(path: Path, parser: ArgumentParser) -> list[dict]:
+    """The rows an earlier ``reproduce`` wrote to ``path`` (none when it does not exist); a file
+    that is not a list of rows with an experiment and a seed is a usage error naming it, raised
+    before any run is trained or evaluated."""
+    if not path.exists():
+        return []
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        parser.error(f"--keep-rows: cannot read {path} ({err})")
+    if not isinstance(rows, list) or not all(
+            isinstance(r, dict) and isinstance(r.get("experiment"), str) and isinstance(r.get("seed"), int)
+            for r in rows):
+        parser.error(f"--keep-rows: {path} is not a list of results rows with 'experiment' and 'seed'")
+    return rows
+
+
+def merge_rows(kept: list[dict], new: list[dict], order: list[str]) -> list[dict]:
+    """``new`` and the rows of ``kept`` for (experiment, seed) pairs ``new`` does not have,
+    sorted by experiment (``order`` first, then as they come) and seed."""
+    fresh = {(r["experiment"], r["seed"]) for r in new}
+    rows = [r for r in kept if (r["experiment"], r["seed"]) not in fresh] + list(new)
+    rank = {e: i for i, e in enumerate(dict.fromkeys([*order, *(r["experiment"] for r in rows)]))}
+    return sorted(rows, key=lambda r: (rank[r["experiment"]], r["seed"]))
 
 
 def parse_seeds(text: str, parser: ArgumentParser) -> list[int]:

@@ -93,10 +93,69 @@ def test_no_train_finds_the_runs_of_make_train_by_run_name(tmp_path, monkeypatch
         (tmp_path / "runs" / name / "fold0").mkdir(parents=True)
         (tmp_path / "runs" / name / "fold0" / "checkpoint.pt").write_bytes(b"")
     seen = []
-    monkeypatch.setattr(reproduce, "evaluate_run", lambda d, e, s, *a: seen.append((d, e, s)) or {"experiment": e})
+    monkeypatch.setattr(reproduce, "evaluate_run", lambda d, e, s, *a: seen.append((d, e, s)) or {"experiment": e, "seed": s})
     monkeypatch.setattr(reproduce, "write_results", lambda rows, out, budget: None)
     assert cli.main(["reproduce", "--experiments", "beta4_cpu,capacity25_cpu", "--seeds", "0", "--no-train",
                      "--run-name", "{experiment}"]) == 0
     assert seen == [(tmp_path / "runs" / "beta4_cpu" / "fold0", "beta4_cpu", 0),
                     (tmp_path / "runs" / "capacity25_cpu" / "fold0", "capacity25_cpu", 0)]
     assert cli.main(["reproduce", "--experiments", "beta4_cpu", "--seeds", "0", "--no-train"]) == 2  # no beta4_cpu-seed0
+
+
+def test_merge_keeps_other_pairs_replaces_the_evaluated_ones_and_orders_by_budget():
+    kept = [{"experiment": "a", "seed": 0, "v": "old"}, {"experiment": "b", "seed": 0, "v": "old"},
+            {"experiment": "a", "seed": 1, "v": "old"}]
+    new = [{"experiment": "c", "seed": 0, "v": "new"}, {"experiment": "a", "seed": 1, "v": "new"}]
+    merged = reproduce.merge_rows(kept, new, order=["b", "a"])
+    assert [(r["experiment"], r["seed"], r["v"]) for r in merged] == [
+        ("b", 0, "old"), ("a", 0, "old"), ("a", 1, "new"), ("c", 0, "new")]
+    assert reproduce.merge_rows([], new, order=[]) == new  # experiments outside the order: as they come
+
+
+def _two_runs(tmp_path, monkeypatch):
+    """A project with trained (empty) runs beta4_cpu (make train's name) and capacity25_cpu-seed1."""
+    from conftest import ROOT
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "experiments").symlink_to(ROOT / "experiments")
+    for name in ("beta4_cpu", "capacity25_cpu-seed1"):
+        (tmp_path / "runs" / name / "fold0").mkdir(parents=True)
+        (tmp_path / "runs" / name / "fold0" / "checkpoint.pt").write_bytes(b"")
+    written = []
+    monkeypatch.setattr(reproduce, "evaluate_run", lambda d, e, s, *a: {"experiment": e, "seed": s, "run": d.parent.name})
+    monkeypatch.setattr(reproduce, "write_results", lambda rows, out, budget: written.append(rows))
+    return written
+
+
+def test_keep_rows_puts_seeds_of_differently_named_runs_in_one_table(tmp_path, monkeypatch):
+    from bcvae import cli
+
+    written = _two_runs(tmp_path, monkeypatch)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "cpu.json").write_text(json.dumps(
+        [{"experiment": "beta4_cpu", "seed": 0, "run": "beta4_cpu"},
+         {"experiment": "capacity25_cpu", "seed": 1, "run": "stale"}]))
+    assert cli.main(["reproduce", "--experiments", "capacity25_cpu", "--seeds", "1", "--no-train",
+                     "--keep-rows"]) == 0
+    assert [(r["experiment"], r["seed"], r["run"]) for r in written[-1]] == [
+        ("capacity25_cpu", 1, "capacity25_cpu-seed1"), ("beta4_cpu", 0, "beta4_cpu")]  # budget order
+    assert cli.main(["reproduce", "--experiments", "capacity25_cpu", "--seeds", "1", "--no-train"]) == 0
+    assert [r["experiment"] for r in written[-1]] == ["capacity25_cpu"]  # without the flag: this run's rows only
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json", "--keep-rows: cannot read results/cpu.json"),
+    ('{"rows": []}', "--keep-rows: results/cpu.json is not a list of results rows"),
+    ('[{"experiment": "beta4_cpu"}]', "--keep-rows: results/cpu.json is not a list of results rows"),
+], ids=["torn", "object", "no-seed"])
+def test_keep_rows_refuses_a_file_it_cannot_merge_before_evaluating(tmp_path, monkeypatch, capsys, content, message):
+    from bcvae import cli
+
+    written = _two_runs(tmp_path, monkeypatch)
+    monkeypatch.setattr(reproduce, "evaluate_run", lambda *a: pytest.fail("evaluated before the file was checked"))
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "cpu.json").write_text(content)
+    assert cli.main(["reproduce", "--experiments", "capacity25_cpu", "--seeds", "1", "--no-train", "--keep-rows"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert written == []
