@@ -82,19 +82,28 @@ def test_every_mistake_is_refused_in_one_line_before_any_training(tmp_path, monk
     assert len(err) == 1 and message in err[0] and "Traceback" not in err[0], err
 
 
-def test_no_train_finds_the_runs_of_make_train_by_run_name(tmp_path, monkeypatch):
-    """``--run-name {experiment}`` evaluates ``runs/<experiment>/fold0`` (what ``make train`` writes)."""
-    from bcvae import cli
+def _project_with_runs(tmp_path, monkeypatch, names):
+    """A project in ``tmp_path`` with trained (empty) runs ``runs/<name>/fold0``; evaluation and
+    writing are recorded instead of done. Returns (evaluated run directories, rows written)."""
     from conftest import ROOT
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "experiments").symlink_to(ROOT / "experiments")
-    for name in ("beta4_cpu", "capacity25_cpu"):
+    for name in names:
         (tmp_path / "runs" / name / "fold0").mkdir(parents=True)
         (tmp_path / "runs" / name / "fold0" / "checkpoint.pt").write_bytes(b"")
-    seen = []
-    monkeypatch.setattr(reproduce, "evaluate_run", lambda d, e, s, *a: seen.append((d, e, s)) or {"experiment": e, "seed": s})
-    monkeypatch.setattr(reproduce, "write_results", lambda rows, out, budget: None)
+    seen, written = [], []
+    monkeypatch.setattr(reproduce, "evaluate_run", lambda d, e, s, *a: seen.append((d, e, s)) or
+                        {"experiment": e, "seed": s, "run": d.parent.name})
+    monkeypatch.setattr(reproduce, "write_results", lambda rows, out, budget: written.append(rows))
+    return seen, written
+
+
+def test_no_train_finds_the_runs_of_make_train_by_run_name(tmp_path, monkeypatch):
+    """``--run-name {experiment}`` evaluates ``runs/<experiment>/fold0`` (what ``make train`` writes)."""
+    from bcvae import cli
+
+    seen, _ = _project_with_runs(tmp_path, monkeypatch, ("beta4_cpu", "capacity25_cpu"))
     assert cli.main(["reproduce", "--experiments", "beta4_cpu,capacity25_cpu", "--seeds", "0", "--no-train",
                      "--run-name", "{experiment}"]) == 0
     assert seen == [(tmp_path / "runs" / "beta4_cpu" / "fold0", "beta4_cpu", 0),
@@ -112,25 +121,10 @@ def test_merge_keeps_other_pairs_replaces_the_evaluated_ones_and_orders_by_budge
     assert reproduce.merge_rows([], new, order=[]) == new  # experiments outside the order: as they come
 
 
-def _two_runs(tmp_path, monkeypatch):
-    """A project with trained (empty) runs beta4_cpu (make train's name) and capacity25_cpu-seed1."""
-    from conftest import ROOT
-
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "experiments").symlink_to(ROOT / "experiments")
-    for name in ("beta4_cpu", "capacity25_cpu-seed1"):
-        (tmp_path / "runs" / name / "fold0").mkdir(parents=True)
-        (tmp_path / "runs" / name / "fold0" / "checkpoint.pt").write_bytes(b"")
-    written = []
-    monkeypatch.setattr(reproduce, "evaluate_run", lambda d, e, s, *a: {"experiment": e, "seed": s, "run": d.parent.name})
-    monkeypatch.setattr(reproduce, "write_results", lambda rows, out, budget: written.append(rows))
-    return written
-
-
 def test_keep_rows_puts_seeds_of_differently_named_runs_in_one_table(tmp_path, monkeypatch):
     from bcvae import cli
 
-    written = _two_runs(tmp_path, monkeypatch)
+    _, written = _project_with_runs(tmp_path, monkeypatch, ("beta4_cpu", "capacity25_cpu-seed1"))
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "cpu.json").write_text(json.dumps(
         [{"experiment": "beta4_cpu", "seed": 0, "run": "beta4_cpu"},
@@ -151,7 +145,7 @@ def test_keep_rows_puts_seeds_of_differently_named_runs_in_one_table(tmp_path, m
 def test_keep_rows_refuses_a_file_it_cannot_merge_before_evaluating(tmp_path, monkeypatch, capsys, content, message):
     from bcvae import cli
 
-    written = _two_runs(tmp_path, monkeypatch)
+    _, written = _project_with_runs(tmp_path, monkeypatch, ("beta4_cpu", "capacity25_cpu-seed1"))
     monkeypatch.setattr(reproduce, "evaluate_run", lambda *a: pytest.fail("evaluated before the file was checked"))
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "cpu.json").write_text(content)
