@@ -136,7 +136,7 @@ def figure(histories: dict[str, list[dict]]):
         rec.set_title("reconstruction NLL (nats)", fontsize=9, loc="left")
     axes[0][0].legend(fontsize=7, ncol=4, loc="upper left")
     for ax in axes[-1]:
-        ax.set_xlabel("training step")
+        viz._step_axis(ax)
     return fig
 
 
