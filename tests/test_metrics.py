@@ -253,6 +253,27 @@ def test_beta_vae_and_factor_vae_of_random_codes_are_chance(grid):
     assert metrics.beta_vae_score(None, **three) == pytest.approx(1 / 3, abs=0.04)
 
 
+@pytest.mark.parametrize("encoded, extra_noise_dims, expected", [
+    # Fixing an encoded factor always leaves its own dimension least variable: those votes
+    # are right. Fixing a factor no dimension holds leaves every active dimension as variable
+    # as before, so its vote lands on one of the D active dimensions uniformly at random and
+    # the majority vote of an informative dimension is its own factor: those votes are wrong.
+    (("posX", "posY", "scale"), 0, 3 / 5),
+    (("posX", "posY", "scale", "orientation"), 0, 4 / 5),
+    # One active dimension that holds nothing collects only the votes of the two unheld
+    # factors (1/4 of each), so whichever of them it is assigned to scores its 1/4:
+    # 3/5 + (1/5)(1/4).
+    (("posX", "posY", "scale"), 1, 3 / 5 + 1 / 20),
+])
+def test_factor_vae_score_counts_the_factors_a_code_holds(grid, encoded, extra_noise_dims, expected):
+    names = ["shape", "scale", "orientation", "posX", "posY"]
+    rng = np.random.default_rng(5)
+    table = np.column_stack([grid[:, 1 + names.index(f)].astype(float) for f in encoded]
+                            + [rng.normal(size=len(grid)) for _ in range(extra_noise_dims)])
+    score = metrics.factor_vae_score(None, seed=2, num_train=3000, num_eval=3000, codes_table=table)
+    assert score == pytest.approx(expected, abs=0.03)  # 3,000 eval votes: binomial sd <= 0.009
+
+
 def test_factor_vae_prunes_on_standard_deviation_and_scores_collapse_as_zero(grid):
     truth = grid[:, 1:].astype(float)
     # std of scale * 0.01 is 0.017 (pruned); std of orientation * 0.01 is 0.115:
