@@ -270,8 +270,14 @@ def test_factor_vae_score_counts_the_factors_a_code_holds(grid, encoded, extra_n
     rng = np.random.default_rng(5)
     table = np.column_stack([grid[:, 1 + names.index(f)].astype(float) for f in encoded]
                             + [rng.normal(size=len(grid)) for _ in range(extra_noise_dims)])
-    score = metrics.factor_vae_score(None, seed=2, num_train=3000, num_eval=3000, codes_table=table)
-    assert score == pytest.approx(expected, abs=0.03)  # 3,000 eval votes: binomial sd <= 0.009
+    details = metrics.factor_vae_details(None, seed=2, num_train=3000, num_eval=3000, codes_table=table)
+    assert details["eval_accuracy"] == pytest.approx(expected, abs=0.03)  # 3,000 votes: binomial sd <= 0.009
+    per_factor = details["eval_accuracy_per_factor"]
+    assert [per_factor[f] for f in encoded] == [1.0] * len(encoded)
+    unheld = [per_factor[f] for f in names if f not in encoded]
+    # an unheld factor scores only where it won the dimension that holds nothing (1/4 there)
+    assert sum(unheld) == pytest.approx(extra_noise_dims / 4, abs=0.06) and max(unheld) < 0.35
+    assert details["classifier"][:len(encoded)] == list(encoded)
 
 
 def test_factor_vae_prunes_on_standard_deviation_and_scores_collapse_as_zero(grid):
@@ -354,7 +360,8 @@ def test_evaluate_applies_overrides_and_rejects_unknown_names(grid):
     table = affine_codes(grid)
     out = metrics.evaluate(codes_table=table, metrics=("mig", "factor_vae"), num_points=2000,
                            mig={"num_bins": 7}, factor_vae={"batch_size": 8})
-    assert set(out["scores"]) == {"mig", "factor_vae", "factor_vae_train", "factor_vae_active_dims"}
+    assert set(out["scores"]) == {"mig", "factor_vae", "factor_vae_train", "factor_vae_active_dims",
+                                  "factor_vae_per_factor"}
     assert out["settings"]["factor_vae"]["batch_size"] == 8 and out["settings"]["mig"]["num_bins"] == 7
     # The shared sample is num_points + num_points // 2 draws of the seed; MIG uses the first num_points.
     classes = metrics.sample_factors(3000, np.random.default_rng(0))[:2000]

@@ -83,6 +83,8 @@ def _sampling_metrics(metrics, source, factors, seed, num_points, settings, reco
         scores[name], scores[f"{name}_train"] = details["eval_accuracy"], details["train_accuracy"]
         if name == "factor_vae":
             scores["factor_vae_active_dims"] = details["num_active_dims"]
+            if "eval_accuracy_per_factor" in details:  # absent when no dimension is active
+                scores["factor_vae_per_factor"] = details["eval_accuracy_per_factor"]
         if "note" in details:
             notes.append(f"{name}: {details['note']}")
         record[name] = kwargs
@@ -114,7 +116,8 @@ def evaluate(encode: Encode | None = None, metrics: Sequence[str] = METRICS[:5],
     -------
     ``{"scores": {...}, "settings": {...}, "seconds": {...}, "notes": [...]}``; scores
     ``mig``, ``sap``, ``dci`` (dict), ``beta_vae`` and ``factor_vae`` (eval accuracy) with
-    ``*_train`` accuracies and ``factor_vae_active_dims``; seconds per metric exclude
+    ``*_train`` accuracies, ``factor_vae_active_dims`` and ``factor_vae_per_factor`` (the
+    eval accuracy of the votes that fixed each factor); seconds per metric exclude
     rendering and encoding, which is ``seconds["render_encode"]``.
     """
     metrics = tuple(metrics)

@@ -51,7 +51,21 @@ def factor_vae_details(encode: Encode | CodeSource | None, seed: int = 0, *, bat
     dims = np.arange(train_votes.shape[1])
     out["train_accuracy"] = float(train_votes[classifier, dims].sum() / train_votes.sum())
     out["eval_accuracy"] = float(eval_votes[classifier, dims].sum() / eval_votes.sum())
+    out["classifier"] = [factors[k] for k in classifier]  # the factor each active dimension votes for
+    out["eval_accuracy_per_factor"] = _accuracy_per_factor(eval_votes, classifier, factors)
     return out
+
+
+def _accuracy_per_factor(votes: np.ndarray, classifier: np.ndarray, factors: Sequence[str]) -> dict:
+    """Of the votes ``(K, D_active)`` that fixed factor k, the share the classifier gets right.
+
+    The score is the vote-weighted mean of these: a factor that no dimension holds
+    scores about 0 here, so a code holding k of the five factors scores about k/5.
+    """
+    right = np.zeros(len(factors))
+    np.add.at(right, classifier, votes[classifier, np.arange(votes.shape[1])])
+    total = votes.sum(axis=1)
+    return {f: float(right[k] / total[k]) if total[k] else float("nan") for k, f in enumerate(factors)}
 
 
 def factor_vae_score(encode: Encode | None, seed: int = 0, *, batch_size: int = 64, num_train: int = 10_000,
