@@ -170,9 +170,10 @@ def main(args) -> dict:
     result = evaluate_checkpoint(ckpt_path, names, seed=args.seed, num_points=args.num_points,
                                  full_grid_mig=args.full_grid_mig)
     scores = flatten_scores(result["scores"])
-    print(f"{'metric':<32}{'score':>10}")
+    width = max(map(len, scores), default=0) + 2
+    print(f"{'metric':<{width}}{'score':>10}")
     for key, value in scores.items():
-        print(f"{key:<32}{value:>10.4f}")
+        print(f"{key:<{width}}{value:>10.4f}")
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result["seconds"].items()))
     if is_pretrained(ckpt_path):  # the recorded eval.json stays as shipped; no W&B run to log to
         out = ckpt_path / "eval_rerun.json"

@@ -278,6 +278,10 @@ def test_factor_vae_score_counts_the_factors_a_code_holds(grid, encoded, extra_n
     # an unheld factor scores only where it won the dimension that holds nothing (1/4 there)
     assert sum(unheld) == pytest.approx(extra_noise_dims / 4, abs=0.06) and max(unheld) < 0.35
     assert details["classifier"][:len(encoded)] == list(encoded)
+    votes = np.array(details["eval_votes"])
+    assert votes.shape == (5, len(encoded) + extra_noise_dims) and votes.sum() == 3000
+    for k, factor in enumerate(encoded):  # fixing a held factor: always its own dimension
+        assert votes[names.index(factor), k] == votes[names.index(factor)].sum() > 0
 
 
 def test_factor_vae_prunes_on_standard_deviation_and_scores_collapse_as_zero(grid):
@@ -363,6 +367,9 @@ def test_evaluate_applies_overrides_and_rejects_unknown_names(grid):
     assert set(out["scores"]) == {"mig", "factor_vae", "factor_vae_train", "factor_vae_active_dims",
                                   "factor_vae_per_factor"}
     assert out["settings"]["factor_vae"]["batch_size"] == 8 and out["settings"]["mig"]["num_bins"] == 7
+    votes = out["factor_vae_votes"]
+    assert votes["factors"] == list(metrics.DEFAULT_FACTORS) and len(votes["classifier"]) == len(votes["active_dims"])
+    assert np.array(votes["train_votes"]).shape == (5, len(votes["active_dims"]))
     # The shared sample is num_points + num_points // 2 draws of the seed; MIG uses the first num_points.
     classes = metrics.sample_factors(3000, np.random.default_rng(0))[:2000]
     assert out["scores"]["mig"] == metrics.mig(affine_codes(classes), classes, num_bins=7)

@@ -65,8 +65,8 @@ def _sampled_metrics(metrics, source, cols, seed, num_points, settings, record, 
     return scores
 
 
-def _sampling_metrics(metrics, source, factors, seed, num_points, settings, record, seconds, notes) -> dict:
-    """BetaVAE and FactorVAE, each sampling its own image batches."""
+def _sampling_metrics(metrics, source, factors, seed, num_points, settings, record, seconds, notes, votes) -> dict:
+    """BetaVAE and FactorVAE, each sampling its own image batches; FactorVAE's votes go to ``votes``."""
     scores = {}
     sizes = {"num_train": num_points, "num_eval": num_points // 2}
     for name, fn in (("beta_vae", beta_vae_details), ("factor_vae", factor_vae_details)):
@@ -85,6 +85,7 @@ def _sampling_metrics(metrics, source, factors, seed, num_points, settings, reco
             scores["factor_vae_active_dims"] = details["num_active_dims"]
             if "eval_accuracy_per_factor" in details:  # absent when no dimension is active
                 scores["factor_vae_per_factor"] = details["eval_accuracy_per_factor"]
+                votes.update({k: details[k] for k in ("active_dims", "classifier", "train_votes", "eval_votes")})
         if "note" in details:
             notes.append(f"{name}: {details['note']}")
         record[name] = kwargs
@@ -118,7 +119,9 @@ def evaluate(encode: Encode | None = None, metrics: Sequence[str] = METRICS[:5],
     ``mig``, ``sap``, ``dci`` (dict), ``beta_vae`` and ``factor_vae`` (eval accuracy) with
     ``*_train`` accuracies, ``factor_vae_active_dims`` and ``factor_vae_per_factor`` (the
     eval accuracy of the votes that fixed each factor); seconds per metric exclude
-    rendering and encoding, which is ``seconds["render_encode"]``.
+    rendering and encoding, which is ``seconds["render_encode"]``. With FactorVAE,
+    ``"factor_vae_votes"``: the active dimensions, the factor each was assigned and the
+    train/eval vote counts ``(K factors, D_active)`` behind the score.
     """
     metrics = tuple(metrics)
     _check_request(metrics, settings, codes_table, logvar_table)
@@ -131,7 +134,8 @@ def evaluate(encode: Encode | None = None, metrics: Sequence[str] = METRICS[:5],
         log.info("sampling %d + %d points for %s", num_points, num_points // 2,
                  ", ".join(m for m in metrics if m in ("mig", "sap", "dci")))
         scores.update(_sampled_metrics(metrics, source, cols, seed, num_points, settings, record, seconds))
-    scores.update(_sampling_metrics(metrics, source, factors, seed, num_points, settings, record, seconds, notes))
+    votes = {}
+    scores.update(_sampling_metrics(metrics, source, factors, seed, num_points, settings, record, seconds, notes, votes))
     if "mig_full_grid" in metrics:
         kwargs = {**_keyword_defaults(mig_full_grid, skip=()), "seed": seed, **settings.get("mig_full_grid", {})}
         tic = time.perf_counter()
@@ -142,4 +146,7 @@ def evaluate(encode: Encode | None = None, metrics: Sequence[str] = METRICS[:5],
         record["mig_full_grid"] = {**kwargs, "factors": list(kwargs["factors"]), "torch": torch.__version__}
     seconds["render_encode"], seconds["total"] = source.seconds, time.perf_counter() - start
     record["images_encoded"] = source.n_encoded
-    return {"scores": scores, "settings": record, "seconds": seconds, "notes": notes}
+    out = {"scores": scores, "settings": record, "seconds": seconds, "notes": notes}
+    if votes:  # which factor each active dimension was assigned, and the votes behind it
+        out["factor_vae_votes"] = {"factors": list(factors), **votes}
+    return out

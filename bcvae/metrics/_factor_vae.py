@@ -52,6 +52,7 @@ def factor_vae_details(encode: Encode | CodeSource | None, seed: int = 0, *, bat
     out["train_accuracy"] = float(train_votes[classifier, dims].sum() / train_votes.sum())
     out["eval_accuracy"] = float(eval_votes[classifier, dims].sum() / eval_votes.sum())
     out["classifier"] = [factors[k] for k in classifier]  # the factor each active dimension votes for
+    out["train_votes"], out["eval_votes"] = train_votes.tolist(), eval_votes.tolist()  # (K, D_active)
     out["eval_accuracy_per_factor"] = _accuracy_per_factor(eval_votes, classifier, factors)
     return out
 
