@@ -266,7 +266,7 @@ def test_beta_vae_and_factor_vae_of_random_codes_are_chance(grid):
     (("posX", "posY", "scale"), 1, 3 / 5 + 1 / 20),
 ])
 def test_factor_vae_score_counts_the_factors_a_code_holds(grid, encoded, extra_noise_dims, expected):
-    names = ["shape", "scale", "orientation", "posX", "posY"]
+    names = list(metrics.DEFAULT_FACTORS)  # shape, scale, orientation, posX, posY: grid columns 1..5
     rng = np.random.default_rng(5)
     table = np.column_stack([grid[:, 1 + names.index(f)].astype(float) for f in encoded]
                             + [rng.normal(size=len(grid)) for _ in range(extra_noise_dims)])
