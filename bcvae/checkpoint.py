@@ -208,6 +208,7 @@ def export_pretrained(ckpt: dict, out_dir: Path, *, config_yaml: str, eval_resul
     (out_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     write_json(out_dir / "info.json", {"step": ckpt["step"], "epoch": ckpt["epoch"], "source_run": source,
                                        "provenance": ckpt.get("provenance"), "history_rows": len(rows),
+                                       "warm_start_end": ckpt.get("warm_start_end"),
                                        "history_rows_logged": len(history)})
     files = [PRETRAINED_MODEL, "config.yaml", "eval.json", "metrics.jsonl", "info.json"]
     for name in files:
@@ -251,6 +252,7 @@ def load_pretrained(path: Path) -> dict:
     info = json.loads((path / "info.json").read_text())
     return {"model": state, "config": yaml.safe_load((path / "config.yaml").read_text()),
             "step": info["step"], "epoch": info["epoch"], "provenance": info.get("provenance"),
+            "warm_start_end": info.get("warm_start_end"),
             "disc": None, "wandb_run_id": None, "pretrained": True}
 
 

@@ -96,6 +96,10 @@ class LossConfig:
     """Capacity objective: γ grows linearly from 0 to gamma over these steps, from the end of the warm start (0 = γ at once)."""
     warm_start_steps: int = 0
     """Capacity objective: optimise the plain ELBO (β = 1) for these first steps (0 = none)."""
+    warm_start_until_mi: float = 0.0
+    """Capacity objective: > 0 = the β = 1 warm start lasts past ``warm_start_steps`` until a training
+    batch's I(x; z) reaches this many nats (the decoder reads z); γ's warm-up starts from that step.
+    0 = the warm start ends at ``warm_start_steps`` whatever the decoder does."""
     kl_scale: str = "none"
     """Capacity objective: ``none`` (γ·|KL − C|, the papers) or ``batch_over_n`` (γ·(B/N)·|KL − C|, the
     original implementation's scaling, N = training-set size: it makes the capacity term ~1000× weaker)."""
@@ -473,9 +477,11 @@ def validate(cfg: Config, source: str) -> None:
     _one_of(l.likelihood, LIKELIHOODS, source, "loss.likelihood")
     _one_of(l.tc_estimator, ("mss", "mws"), source, "loss.tc_estimator")
     _one_of(l.kl_scale, KL_SCALES, source, "loss.kl_scale")
+    _check(l.warm_start_until_mi == 0 or l.objective == "capacity", source, "loss.warm_start_until_mi",
+           f"a warm start belongs to the capacity objective only (loss.objective is {l.objective!r})")
     _check(l.kl_scale == "none" or l.objective == "capacity", source, "loss.kl_scale",
            f"{l.kl_scale!r} scales the capacity objective only (loss.objective is {l.objective!r})")
-    for key in ("beta", "gamma", "c_max", "factor_gamma", "tc_alpha", "tc_beta", "tc_gamma"):
+    for key in ("beta", "gamma", "c_max", "factor_gamma", "tc_alpha", "tc_beta", "tc_gamma", "warm_start_until_mi"):
         value = getattr(l, key)
         _check(math.isfinite(value) and value >= 0, source, f"loss.{key}", f"must be finite and >= 0, got {value}")
     _check(l.c_steps >= 1, source, "loss.c_steps", f"must be >= 1, got {l.c_steps}")
@@ -498,6 +504,10 @@ def validate(cfg: Config, source: str) -> None:
     n_train = n - -(-n // d.k)                     # the largest fold may be held out
     _check(t.batch_size <= n_train, source, "train.batch_size",
            f"must be at most the {n_train:,} training images (data.subset={d.subset}, data.k={d.k}), got {t.batch_size}")
+    # The batch estimate of I(x; z) cannot exceed log N (kl_split): a higher threshold never ends the warm start.
+    _check(l.warm_start_until_mi < math.log(n_train), source, "loss.warm_start_until_mi",
+           f"must be below log N = {math.log(n_train):.2f} nats, the ceiling of the I(x; z) estimate on "
+           f"{n_train:,} training images, got {l.warm_start_until_mi}")
     _check_memory(t.batch_size, m.arch, source)
     _one_of(t.compile, COMPILE_MODES, source, "train.compile")
     _one_of(t.amp, ("auto", "bf16", "off"), source, "train.amp")

@@ -22,7 +22,7 @@ from bcvae.encode import encode_all, image_source, make_encode
 from bcvae.errors import CheckpointError, UsageError
 from bcvae.config import Config
 from bcvae.data import N_IMAGES, FoldData, load_all, load_split
-from bcvae.losses import vae_loss
+from bcvae.losses import vae_loss, warm_end_for
 from bcvae.model import VAE, discriminator_for
 
 
@@ -59,7 +59,7 @@ def validation_indices(n: int, batch_size: int, max_batches: int, seed: int) -> 
 
 @torch.no_grad()
 def heldout_terms(model: nn.Module, disc: nn.Module | None, data: FoldData, indices: np.ndarray, cfg: Config,
-                  step: int, device: torch.device, *, seed: int, dataset_size: int,
+                  step: int, device: torch.device, *, seed: int, dataset_size: int, warm_end: float | None = None,
                   memory_format=torch.channels_last, on_batch=None) -> dict[str, float]:
     """Loss terms of ``model`` averaged over ``data[indices]`` as ``{"val/<term>": value}``.
 
@@ -67,7 +67,7 @@ def heldout_terms(model: nn.Module, disc: nn.Module | None, data: FoldData, indi
     the batch estimators (MI, TC, dimension-wise KL, marginal KL) take a batch for a uniform
     sample of the dataset, and a fold is stored sorted by factors, so consecutive images are
     neighbours whose posteriors overlap (on the trained β-TCVAE, sorted batches of 1,024 read
-    MI 7.6 nats where random ones read 11.5). Runs under a forked RNG seeded with ``seed``,
+    MI 7.6 nats where random ones read 11.5). ``warm_end``: as in ``vae_loss``. Runs under a forked RNG seeded with ``seed``,
     so it is reproducible and leaves the caller's random stream untouched.
     """
     indices = np.random.default_rng(seed).permutation(np.sort(indices))
@@ -83,7 +83,7 @@ def heldout_terms(model: nn.Module, disc: nn.Module | None, data: FoldData, indi
             x = data.batch(idx, device).contiguous(memory_format=memory_format)
             logits, mu, logvar, z = model(x)
             _, terms = vae_loss(cfg.loss, x, logits, mu, logvar, z, step, discriminator=disc,
-                                dataset_size=dataset_size)
+                                dataset_size=dataset_size, warm_end=warm_end)
             accumulate(sums, terms, weight=len(idx))
             count += len(idx)
             if on_batch is not None:
@@ -154,7 +154,8 @@ def model_heldout_loss(model: VAE, cfg: config.Config, ckpt: dict, seed: int = 0
         disc.to(device).load_state_dict(ckpt["disc"])
     split = load_split(cfg.data)
     return heldout_terms(model, disc, split.val, np.arange(len(split.val)), cfg, ckpt["step"], device,
-                         seed=seed, dataset_size=len(split.train))
+                         seed=seed, dataset_size=len(split.train),
+                         warm_end=warm_end_for(cfg.loss, ckpt.get("warm_start_end")))
 
 
 def main(args) -> dict:

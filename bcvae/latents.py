@@ -75,12 +75,22 @@ def switch_on_order(rows: Sequence[dict], threshold_nats: float = SWITCH_ON_NATS
     return [(i, step) for step, _, i in sorted(found)]
 
 
-def objective_start(loss_cfg) -> int:
+def objective_start(loss_cfg, rows: Sequence[dict] = ()) -> int:
     """First step of the configured objective proper: after the capacity objective's β = 1 warm
-    start and γ warm-up (``loss.warm_start_steps + loss.gamma_warmup_steps``), else 0."""
+    start and γ warm-up (``loss.warm_start_steps + loss.gamma_warmup_steps``), else 0.
+
+    A conditional warm start (``loss.warm_start_until_mi``) ends at a step the training log
+    records (``train/warm_start_end`` in ``rows``); while it has not ended, the objective proper
+    has not begun: the last logged step is returned, so no latent counts as switched on.
+    """
     if loss_cfg.objective != "capacity":
         return 0
-    return loss_cfg.warm_start_steps + loss_cfg.gamma_warmup_steps
+    if loss_cfg.warm_start_until_mi <= 0:
+        return loss_cfg.warm_start_steps + loss_cfg.gamma_warmup_steps
+    ended = [r["train/warm_start_end"] for r in rows if "train/warm_start_end" in r]
+    if ended:
+        return int(ended[0]) + loss_cfg.gamma_warmup_steps
+    return max((int(r["step"]) for r in rows), default=loss_cfg.warm_start_steps + loss_cfg.gamma_warmup_steps)
 
 
 def switch_on_summary(rows: Sequence[dict], loss_cfg) -> dict:
@@ -89,7 +99,7 @@ def switch_on_summary(rows: Sequence[dict], loss_cfg) -> dict:
 
     ``{"switch_on_after": step, "switch_on_order": [{"latent": i, "step": s}, ...]}``.
     """
-    after = objective_start(loss_cfg)
+    after = objective_start(loss_cfg, rows)
     return {"switch_on_after": after,
             "switch_on_order": [{"latent": i, "step": s} for i, s in switch_on_order(rows, after_step=after)]}
 

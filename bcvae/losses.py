@@ -267,8 +267,35 @@ def kl_split(z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int, terms: di
     return {"mi": mi, "marginal_kl": tc + dw_kl}
 
 
+def warm_start_over(loss_cfg: Any, steps_done: int, mi: float) -> bool:
+    """Whether a conditional β = 1 warm start (``loss.warm_start_until_mi`` > 0) ends after
+    ``steps_done`` updates, the last of which read I(x; z) = ``mi`` nats on its batch.
+
+    It ends once both hold: at least ``loss.warm_start_steps`` updates, and the decoder reads
+    the code — the batch's I(x; z) (``kl_split``) at least ``loss.warm_start_until_mi``.
+    On the mean-image plateau I(x; z) ≈ 0 however long the plain ELBO runs, so a fixed-length
+    warm start can hand a decoder that ignores z to the capacity term, which then holds
+    KL = C with no information (docs/capacity_plateau.md). Stateless: the caller records the
+    step at which it returned True (the trainer keeps it in its checkpoint).
+    """
+    threshold = loss_cfg.warm_start_until_mi
+    if threshold <= 0:
+        return steps_done >= loss_cfg.warm_start_steps
+    return steps_done >= loss_cfg.warm_start_steps and mi >= threshold
+
+
+def warm_end_for(loss_cfg: Any, ended_at: int | None) -> float | None:
+    """``vae_loss``'s ``warm_end`` for a run whose conditional warm start ended at step ``ended_at``
+    (None: it has not): None for a fixed-length warm start (``loss.warm_start_steps`` decides),
+    else ``ended_at``, or ``math.inf`` while the warm start lasts."""
+    if loss_cfg.warm_start_until_mi <= 0:
+        return None
+    return math.inf if ended_at is None else ended_at
+
+
 def _regulariser(loss_cfg: Any, mu: Tensor, logvar: Tensor, z: Tensor, kl: Tensor, step: int,
-                 discriminator: nn.Module | None, dataset_size: int | None) -> tuple[Tensor, dict[str, Any]]:
+                 discriminator: nn.Module | None, dataset_size: int | None,
+                 warm_end: float | None = None) -> tuple[Tensor, dict[str, Any]]:
     """Everything of the objective but the reconstruction term; see ``vae_loss``."""
     objective = loss_cfg.objective
     if objective == "beta":
@@ -277,9 +304,10 @@ def _regulariser(loss_cfg: Any, mu: Tensor, logvar: Tensor, z: Tensor, kl: Tenso
         c = capacity(step, loss_cfg.c_max, loss_cfg.c_steps)
         gap = (kl - c).abs()
         terms = {"C": c, "kl_gap": gap}
-        if step < loss_cfg.warm_start_steps:   # plain ELBO first (β = 1), C already counting
+        end = loss_cfg.warm_start_steps if warm_end is None else warm_end
+        if step < end:                         # plain ELBO first (β = 1), C already counting
             return kl, {**terms, "gamma": 0.0}
-        gamma = capacity_gamma(step, loss_cfg.gamma, loss_cfg.gamma_warmup_steps, loss_cfg.warm_start_steps)
+        gamma = capacity_gamma(step, loss_cfg.gamma, loss_cfg.gamma_warmup_steps, int(end))
         if loss_cfg.kl_scale == "batch_over_n":   # the original implementation's γ·(B/N)
             if dataset_size is None:
                 raise ValueError("loss.kl_scale 'batch_over_n' needs dataset_size (the training-split size)")
@@ -301,12 +329,14 @@ def _regulariser(loss_cfg: Any, mu: Tensor, logvar: Tensor, z: Tensor, kl: Tenso
 
 def vae_loss(loss_cfg: Any, x: Tensor, logits: Tensor, mu: Tensor, logvar: Tensor, z: Tensor,
              step: int, discriminator: nn.Module | None = None,
-             dataset_size: int | None = None) -> tuple[Tensor, dict[str, Any]]:
+             dataset_size: int | None = None, warm_end: float | None = None) -> tuple[Tensor, dict[str, Any]]:
     """The objective named by ``loss_cfg.objective``; returns ``(loss, terms)``.
 
     * ``"beta"``     rec + β·KL                          (Higgins et al. 2017, eq. 4)
     * ``"capacity"`` rec + γ·|KL − C(step)|               (Burgess et al. 2018, eq. 8); optionally
-      γ warmed up from 0 (``gamma_warmup_steps``) or the plain ELBO for ``warm_start_steps``;
+      γ warmed up from 0 (``gamma_warmup_steps``) or the plain ELBO for ``warm_start_steps``
+      (``warm_end``, when given, is the step the β = 1 warm start ends at instead: the step a
+      conditional warm start ended, ``math.inf`` while it lasts; see ``warm_start_over``);
       ``kl_scale: batch_over_n`` multiplies γ by B/N as the original implementation did
     * ``"factor"``   rec + KL + γ·TC, TC from D's logits (Kim & Mnih 2018, eq. 2–3); needs
       ``discriminator`` — see the module docstring for the update order
@@ -320,7 +350,7 @@ def vae_loss(loss_cfg: Any, x: Tensor, logits: Tensor, mu: Tensor, logvar: Tenso
     rec = recon_nll(logits, x, loss_cfg.likelihood)
     kl_dims = kl_per_dim(mu, logvar)
     kl = kl_dims.sum()
-    penalty, terms = _regulariser(loss_cfg, mu, logvar, z, kl, step, discriminator, dataset_size)
+    penalty, terms = _regulariser(loss_cfg, mu, logvar, z, kl, step, discriminator, dataset_size, warm_end)
     loss = rec + penalty
     terms.update(loss=loss, rec=rec, kl=kl, kl_per_dim=kl_dims)
     if dataset_size is not None and z.shape[0] >= 2:

@@ -42,6 +42,9 @@ ROWS = {
     "warmstart1k": ("β = 1 for the first 1k steps", ["loss.warm_start_steps=1000"]),
     "warmstart1k-ramp2k": ("β = 1 for 1k steps, then γ 0 → 1000 over 2k",
                            ["loss.warm_start_steps=1000", "loss.gamma_warmup_steps=2000"]),
+    "warmstart-mi10-ramp2k": ("β = 1 for ≥ 1k steps and until a batch's I(x; z) ≥ 10 nats, then γ 0 → 1000 over 2k",
+                              ["loss.warm_start_steps=1000", "loss.warm_start_until_mi=10",
+                               "loss.gamma_warmup_steps=2000"]),
     "lr1e-4": ("Adam lr 1e-4 (disentanglement_lib)", ["train.lr=1.0e-4"]),
 }
 # Settings of every plateau run that do not change its trajectory: no metrics, fewer pictures.

@@ -58,7 +58,7 @@ from bcvae.data import epoch_order, load_all, load_split
 from bcvae.encode import image_source, make_encode
 from bcvae.evaluate import accumulate, flatten_scores, heldout_terms, mean_terms, validation_indices
 from bcvae.errors import CheckpointError, Interrupted, TrainingError
-from bcvae.losses import discriminator_loss, vae_loss
+from bcvae.losses import discriminator_loss, vae_loss, warm_end_for, warm_start_over
 from bcvae.model import VAE, discriminator_for
 
 log = logging.getLogger("bcvae")
@@ -115,6 +115,9 @@ class Trainer:
         self.dir = run_dir_for(cfg)
         self.ckpt_path = self.dir / "checkpoint.pt"
         self.max_overshoot = -math.inf  # capacity objective: largest logged KL − C (restored on resume)
+        # Step at which a conditional warm start (loss.warm_start_until_mi) ended; None while it lasts.
+        # Not a function of the step: the checkpoint stores it.
+        self.warm_start_end: int | None = None
         self._lock = lock_run_dir(self.dir) if self.rank == 0 else None
         try:
             self._setup(fresh, group)
@@ -246,6 +249,7 @@ class Trainer:
             raise CheckpointError(f"{self.ckpt_path} holds a different architecture: {detail}") from None
         self.step, self.epoch, self.step_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["step_in_epoch"]
         self.checkpoint_step = self.step
+        self.warm_start_end = ckpt.get("warm_start_end")  # absent in checkpoints of runs without one
         self.run_id = ckpt.get("wandb_run_id")
         set_rng_state(ckpt["rng"])
         if self.rank == 0:
@@ -305,6 +309,7 @@ class Trainer:
             "opt": self.opt.state_dict(),
             "disc_opt": self.disc_opt.state_dict() if self.disc_opt is not None else None,
             "step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+            "warm_start_end": self.warm_start_end,
             # The data order is epoch_order(n, seed, epoch): (seed, epoch, step_in_epoch) restore it.
             "data_order": {"seed": self.cfg.seed, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch},
             "rng": rng_state(),
@@ -332,8 +337,8 @@ class Trainer:
                 torch.compiler.cudagraph_mark_step_begin()
             logits, mu, logvar, z = self.train_model(x, self._noise())
             mu, logvar, z = distributed.gather_rows((mu.float(), logvar.float(), z.float()), self.world)
-            loss, terms = vae_loss(cfg.loss, x, logits.float(), mu, logvar, z,
-                                   self.step, discriminator=self.disc, dataset_size=len(self.split.train))
+            loss, terms = vae_loss(cfg.loss, x, logits.float(), mu, logvar, z, self.step, discriminator=self.disc,
+                                   dataset_size=len(self.split.train), warm_end=self.warm_end())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -386,6 +391,23 @@ class Trainer:
                 torch.cuda.set_rng_state(cuda_state, device)
             return self._train_step(x, x_other)
 
+    def warm_end(self) -> float | None:
+        """The step the capacity objective's β = 1 warm start ends at, for ``vae_loss``: None =
+        ``loss.warm_start_steps`` (fixed length); for a conditional one the step it ended, or
+        ``math.inf`` while it lasts."""
+        return warm_end_for(self.cfg.loss, self.warm_start_end)
+
+    def _end_warm_start(self, terms: dict) -> None:
+        """After an update: end a conditional warm start once the decoder reads z (``warm_start_over``).
+        ``terms["mi"]`` is of the global batch, so every process decides alike."""
+        if self.warm_start_end is not None or self.cfg.loss.warm_start_until_mi <= 0:
+            return
+        mi = float(terms["mi"])
+        if warm_start_over(self.cfg.loss, self.step, mi):
+            self.warm_start_end = self.step
+            log.info("step %d: the decoder reads z (batch I(x; z) = %.2f nats >= loss.warm_start_until_mi = %g); "
+                     "β = 1 warm start over, γ warms up from here", self.step, mi, self.cfg.loss.warm_start_until_mi)
+
     # ---- loop
 
     def steps_per_epoch(self) -> int:
@@ -419,8 +441,10 @@ class Trainer:
                 self._interrupt()
             x = train.batch(self._batch_indices(order, i), self.device).contiguous(memory_format=self.memory_format)
             x_other = None if other is None else train.batch(self._batch_indices(other, i), self.device)
-            accumulate(sums, self._guarded_step(x, x_other))
+            terms = self._guarded_step(x, x_other)
+            accumulate(sums, terms)
             self.step, self.step_in_epoch, count = self.step + 1, i + 1, count + 1
+            self._end_warm_start(terms)
             bar.update(1)
             if self.step % cfg.log.every_train == 0:
                 self._log_train(sums, count, tic, bar)
@@ -460,6 +484,8 @@ class Trainer:
             values["train/overshoot"] = values["train/kl"] - values["train/C"]
             self.max_overshoot = max(self.max_overshoot, values["train/overshoot"])
             values["train/max_overshoot"] = self.max_overshoot
+            if self.warm_start_end is not None:
+                values["train/warm_start_end"] = self.warm_start_end
         seconds = max(time.perf_counter() - tic, 1e-9)
         values.update({"train/lr": self.opt.param_groups[0]["lr"], "train/epoch": self.epoch,
                        "train/img_per_s": count * self.cfg.train.batch_size / seconds})
@@ -504,6 +530,7 @@ class Trainer:
         indices = validation_indices(len(self.split.val), cfg.train.val_batch_size, cfg.train.val_max_batches,
                                      cfg.data.fold_seed)
         return heldout_terms(self.model, self.disc, self.split.val, indices, cfg, self.step, self.device,
+                             warm_end=self.warm_end(),
                              seed=cfg.seed * 1_000_003 + epoch, dataset_size=len(self.split.train),
                              memory_format=self.memory_format, on_batch=log_images)
 

@@ -9,14 +9,15 @@ import torch.nn.functional as F
 from torch.distributions import Normal, kl_divergence
 
 from bcvae.losses import (capacity, capacity_gamma, discriminator_loss, kl_per_dim, kl_split, permute_dims,
-                          recon_nll, tc_decomposition, vae_loss)
+                          recon_nll, tc_decomposition, vae_loss, warm_end_for, warm_start_over)
 from bcvae.model import VAE, Discriminator
 
 
 def _cfg(**overrides) -> SimpleNamespace:
     """The LossConfig fields vae_loss reads."""
     fields = dict(objective="beta", likelihood="bernoulli", beta=4.0, gamma=1000.0, c_max=25.0,
-                  c_steps=100_000, gamma_warmup_steps=0, warm_start_steps=0, kl_scale="none", factor_gamma=35.0, tc_alpha=1.0, tc_beta=6.0, tc_gamma=1.0,
+                  c_steps=100_000, gamma_warmup_steps=0, warm_start_steps=0, warm_start_until_mi=0.0, kl_scale="none",
+                  factor_gamma=35.0, tc_alpha=1.0, tc_beta=6.0, tc_gamma=1.0,
                   tc_estimator="mss", disc_lr=1e-4, disc_beta1=0.5, disc_beta2=0.9)
     return SimpleNamespace(**{**fields, **overrides})
 
@@ -152,6 +153,37 @@ def test_warm_start_is_the_plain_elbo_then_the_capacity_objective():
     loss, terms = vae_loss(ramped, x, logits, mu, logvar, z, step=200)
     torch.testing.assert_close(loss, rec + 250.0 * (kl - 5.0).abs())
     assert terms["gamma"] == 250.0
+
+
+def test_a_conditional_warm_start_lasts_until_the_decoder_reads_z():
+    # Ends after at least warm_start_steps updates AND once a batch's I(x; z) reaches the threshold.
+    cfg = _cfg(objective="capacity", warm_start_steps=100, warm_start_until_mi=3.0)
+    assert not warm_start_over(cfg, 99, mi=12.0)     # too early, however informative
+    assert not warm_start_over(cfg, 100, mi=2.99)    # long enough, but the decoder ignores z
+    assert not warm_start_over(cfg, 5000, mi=0.0)    # the plateau: never
+    assert warm_start_over(cfg, 100, mi=3.0) and warm_start_over(cfg, 4321, mi=5.0)
+    fixed = _cfg(objective="capacity", warm_start_steps=100)
+    assert [warm_start_over(fixed, s, mi=0.0) for s in (99, 100)] == [False, True]
+    # vae_loss's warm_end: None (fixed length: loss.warm_start_steps), inf while it lasts, else the step.
+    assert warm_end_for(fixed, None) is None and warm_end_for(fixed, 700) is None
+    assert warm_end_for(cfg, None) == math.inf and warm_end_for(cfg, 700) == 700
+
+
+def test_the_warm_start_ends_where_warm_end_says_and_gamma_warms_up_from_there():
+    x, logits, mu, logvar, z = _posterior()
+    rec, kl = _hand_terms(x, logits, mu, logvar)
+    cfg = _cfg(objective="capacity", gamma=1000.0, c_max=25.0, c_steps=1000, warm_start_steps=100,
+               warm_start_until_mi=3.0, gamma_warmup_steps=400)
+    # Still warming at step 700, far past warm_start_steps: β = 1, C counting.
+    loss, terms = vae_loss(cfg, x, logits, mu, logvar, z, step=700, warm_end=math.inf)
+    torch.testing.assert_close(loss, rec + kl)
+    assert terms["gamma"] == 0.0 and terms["C"] == pytest.approx(17.5)
+    # Ended at step 600: at 700 γ is a quarter into its 400-step warm-up: 250·|KL − 17.5|.
+    loss, terms = vae_loss(cfg, x, logits, mu, logvar, z, step=700, warm_end=600)
+    torch.testing.assert_close(loss, rec + 250.0 * (kl - 17.5).abs())
+    assert terms["gamma"] == 250.0
+    loss, _ = vae_loss(cfg, x, logits, mu, logvar, z, step=599, warm_end=600)
+    torch.testing.assert_close(loss, rec + kl)
 
 
 def test_batch_over_n_scaling_is_the_original_implementations_loss():

@@ -98,6 +98,52 @@ def test_budget_stop_then_resume_equals_uninterrupted(tmp_path):
     assert overshoot[first_resumed] < overshoot[:first_resumed].max(), "the check needs a maximum to carry over"
 
 
+def _batch_mi(cfg: config.Config, monkeypatch) -> tuple[train.Trainer, list[float]]:
+    """Train ``cfg``; returns the trainer and the I(x; z) its update k (1-based) read, at index k − 1."""
+    mi, real_step = [], train.Trainer._guarded_step
+
+    def spy(self, x, x_other):
+        terms = real_step(self, x, x_other)
+        mi.append(float(terms["mi"]))
+        return terms
+
+    with monkeypatch.context() as m:
+        m.setattr(train.Trainer, "_guarded_step", spy)
+        trainer = train.Trainer(cfg)
+        trainer.fit()
+    return trainer, mi
+
+
+def test_a_conditional_warm_start_ends_when_the_decoder_reads_z_and_survives_a_resume(tmp_path, monkeypatch):
+    warm = ["loss.warm_start_steps=3", "loss.gamma_warmup_steps=10"]
+    # Until it ends, a conditional run is the plain ELBO run: its batch MI says where it will end.
+    never = "loss.warm_start_until_mi=7.0"                 # below log N = 7.5, above anything 40 steps reach
+    _, mi = _batch_mi(load(tmp_path / "elbo", *warm, never), monkeypatch)
+    threshold = max(mi[3:25])                              # reached first somewhere in updates 4 … 25
+    end = next(k for k in range(3, 41) if mi[k - 1] >= threshold)
+    assert 3 < end <= 25, "the end must come after warm_start_steps and before the budget stop below"
+    conditional = [*warm, f"loss.warm_start_until_mi={threshold!r}"]
+    whole, _ = _batch_mi(load(tmp_path / "a", *conditional), monkeypatch)
+    assert whole.warm_start_end == end
+    rows = list(train.track.read_jsonl(whole.dir / "metrics.jsonl"))
+    for r in rows:
+        # Update j (0-based) has γ = 0 while j < end, and at j = end, the first step of γ's warm-up.
+        if "train/gamma" in r:   # a row averages updates r["step"] − 5 … r["step"] − 1
+            assert (r["train/gamma"] == 0) == (r["step"] - 1 <= end), r
+            assert r.get("train/warm_start_end") == (end if r["step"] >= end else None), r
+        if "val/gamma" in r:     # validation scores the objective of its step too
+            assert (r["val/gamma"] == 0) == (r["step"] <= end), r
+    # Stopped after the end and resumed: the end comes from the checkpoint, not from a new decision.
+    part = load(tmp_path / "b", *conditional, "train.max_steps=30")
+    train.train(part)
+    assert checkpoint.load_checkpoint(train.run_dir_for(part) / "checkpoint.pt")["warm_start_end"] == end
+    train.train(load(tmp_path / "b", *conditional))
+    assert_same_params(params(whole.dir), params(train.run_dir_for(part)))
+    logged = [[(r["step"], r["train/loss"], r["train/gamma"]) for r in train.track.read_jsonl(d / "metrics.jsonl")
+               if "train/loss" in r] for d in (whole.dir, train.run_dir_for(part))]
+    assert logged[0] == logged[1]
+
+
 def _train_crashing_at(step: int, cfg: config.Config, monkeypatch) -> None:
     """Train ``cfg`` as a process that dies outright before optimisation step ``step``: no
     signal handler runs, nothing more is written. The real step is restored afterwards."""

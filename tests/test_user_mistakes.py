@@ -32,10 +32,14 @@ from test_reliability import (  # noqa: F401  (fixtures)
     ("train.batch_size=5000", ["train.batch_size", "training images"]),
     ("name=../../x", ["name", "'../../x'"]),
     ("name=a/b", ["name"]),
+    # smoke.yaml trains on 1,800 images: the batch I(x; z) estimate never exceeds log 1800 = 7.50 nats
+    ("loss.warm_start_until_mi=8", ["loss.warm_start_until_mi", "log N = 7.50", "1,800"]),
+    ("loss.objective=beta loss.warm_start_until_mi=2", ["loss.warm_start_until_mi", "capacity objective only"]),
 ], ids=["negative-seed", "seed-too-large", "fold-seed", "subset-too-large", "k-above-subset",
-        "batch-above-data", "name-escapes-run-dir", "nested-name"])
+        "batch-above-data", "name-escapes-run-dir", "nested-name", "warm-start-mi-unreachable",
+        "warm-start-mi-without-capacity"])
 def test_config_mistakes_exit_2_before_anything_loads(tmp_path, override, words):
-    proc = train_cli(tmp_path, override)
+    proc = train_cli(tmp_path, *override.split())
     assert_one_line_error(proc, 2, str(SMOKE), *words)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists(), "nothing may be built"
 

@@ -213,9 +213,17 @@ def test_switch_on_summary_counts_from_the_objective_proper():
     from types import SimpleNamespace
 
     rows = kl_rows([100, 200, 300], {0: [2.0, 2.0, 2.0], 1: [2.0, 0.1, 1.0], 2: [0.0, 0.0, 0.0]})
-    warm = SimpleNamespace(objective="capacity", warm_start_steps=50, gamma_warmup_steps=100)
+    warm = SimpleNamespace(objective="capacity", warm_start_steps=50, gamma_warmup_steps=100, warm_start_until_mi=0.0)
     assert latents.switch_on_summary(rows, warm) == {
         "switch_on_after": 150, "switch_on_order": [{"latent": 0, "step": 200}, {"latent": 1, "step": 300}]}
+    # A conditional warm start ends where the log says (here step 120, past warm_start_steps = 50):
+    # the objective proper starts after γ's warm-up from there, at 220.
+    conditional = SimpleNamespace(**{**vars(warm), "warm_start_until_mi": 3.0})
+    ended = [{**r, "train/warm_start_end": 120} if r["step"] >= 200 else r for r in rows]
+    assert latents.switch_on_summary(ended, conditional) == {
+        "switch_on_after": 220, "switch_on_order": [{"latent": 0, "step": 300}, {"latent": 1, "step": 300}]}
+    # Not ended by the last row: β = 1 throughout, nothing has switched on under the objective.
+    assert latents.switch_on_summary(rows, conditional) == {"switch_on_after": 300, "switch_on_order": []}
     beta = SimpleNamespace(objective="beta")
     assert latents.switch_on_summary(rows, beta)["switch_on_order"] == [{"latent": 0, "step": 100},
                                                                         {"latent": 1, "step": 100}]
