@@ -234,7 +234,11 @@ def test_the_objective_proper_starts_after_the_capacity_warm_start_and_gamma_war
     from conftest import ROOT
 
     cfg = config.load(ROOT / "experiments" / "capacity25.yaml")
-    assert latents.objective_start(cfg.loss) == 1000 + 2000  # the file's header: "from step 3,000 on"
+    # The file's header: the objective proper from step 3,000 when the decoder reads z by step
+    # 1,000; a warm start that lasts to step 1,515 (logged) puts it at 3,515.
+    assert cfg.loss.warm_start_until_mi > 0
+    assert latents.objective_start(cfg.loss, [{"step": 1000, "train/warm_start_end": 1000}]) == 1000 + 2000
+    assert latents.objective_start(cfg.loss, [{"step": 1550, "train/warm_start_end": 1515}]) == 1515 + 2000
     assert latents.objective_start(config.load(ROOT / "experiments" / "beta4.yaml").loss) == 0
 
 
