@@ -67,8 +67,9 @@ def heldout_terms(model: nn.Module, disc: nn.Module | None, data: FoldData, indi
     the batch estimators (MI, TC, dimension-wise KL, marginal KL) take a batch for a uniform
     sample of the dataset, and a fold is stored sorted by factors, so consecutive images are
     neighbours whose posteriors overlap (on the trained β-TCVAE, sorted batches of 1,024 read
-    MI 7.6 nats where random ones read 11.5). ``warm_end``: as in ``vae_loss``. Runs under a forked RNG seeded with ``seed``,
-    so it is reproducible and leaves the caller's random stream untouched.
+    MI 7.6 nats where random ones read 11.5). ``warm_end``: as in ``vae_loss``. Runs under a
+    forked RNG seeded with ``seed``, so it is reproducible and leaves the caller's random
+    stream untouched.
     """
     indices = np.random.default_rng(seed).permutation(np.sort(indices))
     b = cfg.train.val_batch_size
