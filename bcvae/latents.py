@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from bcvae.data import FACTOR_NAMES, FACTOR_SIZES, render_dsprites
-from bcvae.losses import kl_per_dim
+from bcvae.losses import conditional_warm_start, kl_per_dim
 from bcvae.track import is_number
 
 SWITCH_ON_NATS = math.log(2.0)
@@ -85,7 +85,7 @@ def objective_start(loss_cfg, rows: Sequence[dict] = ()) -> int:
     """
     if loss_cfg.objective != "capacity":
         return 0
-    if loss_cfg.warm_start_until_mi <= 0:
+    if not conditional_warm_start(loss_cfg):
         return loss_cfg.warm_start_steps + loss_cfg.gamma_warmup_steps
     ended = [r["train/warm_start_end"] for r in rows if "train/warm_start_end" in r]
     if ended:

@@ -267,6 +267,12 @@ def kl_split(z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int, terms: di
     return {"mi": mi, "marginal_kl": tc + dw_kl}
 
 
+def conditional_warm_start(loss_cfg: Any) -> bool:
+    """Whether the β = 1 warm start waits for the decoder to read z (``loss.warm_start_until_mi``
+    > 0) rather than lasting exactly ``loss.warm_start_steps`` updates."""
+    return loss_cfg.warm_start_until_mi > 0
+
+
 def warm_start_over(loss_cfg: Any, steps_done: int, mi: float) -> bool:
     """Whether a conditional β = 1 warm start (``loss.warm_start_until_mi`` > 0) ends after
     ``steps_done`` updates, the last of which read I(x; z) = ``mi`` nats on its batch.
@@ -278,17 +284,17 @@ def warm_start_over(loss_cfg: Any, steps_done: int, mi: float) -> bool:
     KL = C with no information (docs/capacity_plateau.md). Stateless: the caller records the
     step at which it returned True (the trainer keeps it in its checkpoint).
     """
-    threshold = loss_cfg.warm_start_until_mi
-    if threshold <= 0:
-        return steps_done >= loss_cfg.warm_start_steps
-    return steps_done >= loss_cfg.warm_start_steps and mi >= threshold
+    long_enough = steps_done >= loss_cfg.warm_start_steps
+    if not conditional_warm_start(loss_cfg):
+        return long_enough
+    return long_enough and mi >= loss_cfg.warm_start_until_mi
 
 
 def warm_end_for(loss_cfg: Any, ended_at: int | None) -> float | None:
     """``vae_loss``'s ``warm_end`` for a run whose conditional warm start ended at step ``ended_at``
     (None: it has not): None for a fixed-length warm start (``loss.warm_start_steps`` decides),
     else ``ended_at``, or ``math.inf`` while the warm start lasts."""
-    if loss_cfg.warm_start_until_mi <= 0:
+    if not conditional_warm_start(loss_cfg):
         return None
     return math.inf if ended_at is None else ended_at
 

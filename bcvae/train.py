@@ -58,7 +58,7 @@ from bcvae.data import epoch_order, load_all, load_split
 from bcvae.encode import image_source, make_encode
 from bcvae.evaluate import accumulate, flatten_scores, heldout_terms, mean_terms, validation_indices
 from bcvae.errors import CheckpointError, Interrupted, TrainingError
-from bcvae.losses import discriminator_loss, vae_loss, warm_end_for, warm_start_over
+from bcvae.losses import conditional_warm_start, discriminator_loss, vae_loss, warm_end_for, warm_start_over
 from bcvae.model import VAE, discriminator_for
 
 log = logging.getLogger("bcvae")
@@ -400,7 +400,7 @@ class Trainer:
     def _end_warm_start(self, terms: dict) -> None:
         """After an update: end a conditional warm start once the decoder reads z (``warm_start_over``).
         ``terms["mi"]`` is of the global batch, so every process decides alike."""
-        if self.warm_start_end is not None or self.cfg.loss.warm_start_until_mi <= 0:
+        if self.warm_start_end is not None or not conditional_warm_start(self.cfg.loss):
             return
         mi = float(terms["mi"])
         if warm_start_over(self.cfg.loss, self.step, mi):
