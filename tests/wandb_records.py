@@ -20,6 +20,7 @@ FULL, FIRST, MIDDLE, LAST = 1, 2, 3, 4
 
 
 def read_records(path: Path) -> list:
+    """Every complete record of ``path``; a record still being written at its end is left out."""
     data = Path(path).read_bytes()
     assert data[:4] == b":W&B", f"{path} is not a W&B record file"
     records, pos, chunks = [], 7, []
@@ -33,6 +34,8 @@ def read_records(path: Path) -> list:
         if kind == 0 and length == 0:
             pos += left - HEADER.size  # zero padding to the end of the block
             continue
+        if pos + length > len(data):
+            break  # read while the writer is mid-record: the rest of the file is not there yet
         chunks.append(data[pos:pos + length])
         pos += length
         if kind in (FULL, LAST):
