@@ -134,6 +134,19 @@ def test_mig_drops_by_the_derived_amount_when_one_dimension_mixes_two_factors(gr
     assert metrics.mig(mixed, grid) == pytest.approx(truth - 0.34, abs=1e-9)
 
 
+def test_mig_per_factor_names_the_factors_a_score_lacks(grid):
+    # The ground truth's terms are the closed forms above; mixing x and y zeroes exactly
+    # the two position terms; a constant factor column has no term and MIG leaves it out.
+    terms = metrics.mig_per_factor(affine_codes(grid), grid)
+    assert math.isnan(terms[0])  # colour: a single value
+    np.testing.assert_allclose(terms[1:], [1, 1, math.log(20) / math.log(40), 0.85, 0.85], atol=1e-9)
+    assert metrics.mig(affine_codes(grid), grid) == pytest.approx(np.mean(terms[1:]), abs=1e-12)
+    x, y = grid[:, 4], grid[:, 5]
+    mixed = np.stack([grid[:, 1], grid[:, 2], grid[:, 3], x + y, x - y], 1).astype(float)
+    np.testing.assert_allclose(metrics.mig_per_factor(mixed, grid)[1:], [1, 1, math.log(20) / math.log(40), 0, 0],
+                               atol=1e-9)
+
+
 def test_mig_of_random_and_constant_codes_is_zero():
     classes = sampled(10_000)
     noise = np.random.default_rng(1).normal(size=(10_000, 10))
@@ -364,8 +377,8 @@ def test_evaluate_applies_overrides_and_rejects_unknown_names(grid):
     table = affine_codes(grid)
     out = metrics.evaluate(codes_table=table, metrics=("mig", "factor_vae"), num_points=2000,
                            mig={"num_bins": 7}, factor_vae={"batch_size": 8})
-    assert set(out["scores"]) == {"mig", "factor_vae", "factor_vae_train", "factor_vae_active_dims",
-                                  "factor_vae_per_factor"}
+    assert set(out["scores"]) == {"mig", "mig_per_factor", "factor_vae", "factor_vae_train",
+                                  "factor_vae_active_dims", "factor_vae_per_factor"}
     assert out["settings"]["factor_vae"]["batch_size"] == 8 and out["settings"]["mig"]["num_bins"] == 7
     votes = out["factor_vae_votes"]
     assert votes["factors"] == list(metrics.DEFAULT_FACTORS) and len(votes["classifier"]) == len(votes["active_dims"])
@@ -374,6 +387,8 @@ def test_evaluate_applies_overrides_and_rejects_unknown_names(grid):
     classes = metrics.sample_factors(3000, np.random.default_rng(0))[:2000]
     assert out["scores"]["mig"] == metrics.mig(affine_codes(classes), classes, num_bins=7)
     assert out["scores"]["mig"] != metrics.mig(affine_codes(classes), classes)
+    terms = metrics.mig_per_factor(affine_codes(classes), classes, num_bins=7)[1:]  # colour left out
+    assert out["scores"]["mig_per_factor"] == dict(zip(metrics.DEFAULT_FACTORS, terms.tolist()))
     with pytest.raises(ValueError, match="unknown metric"):
         metrics.evaluate(codes_table=table, metrics=("mig", "irs"))
     with pytest.raises(ValueError, match="unknown metric"):

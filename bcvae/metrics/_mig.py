@@ -70,11 +70,24 @@ def mig(codes: np.ndarray, factors: np.ndarray, *, num_bins: int = 20) -> float:
     factors : ``(N, K)`` int ground-truth classes; constant columns are left out.
     num_bins : bins per code dimension (20 in disentanglement_lib).
     """
-    codes, factors = check_codes(codes, factors)
+    return float(np.nanmean(mig_per_factor(codes, factors, num_bins=num_bins)))
+
+
+def mig_per_factor(codes: np.ndarray, factors: np.ndarray, *, num_bins: int = 20) -> np.ndarray:
+    """The terms MIG averages: each factor's gap [I(z_j(k); v_k) - max_{j != j(k)} I(z_j; v_k)] / H(v_k), ``(K,)``.
+
+    NaN for a factor column that holds a single value (no entropy to normalise by;
+    :func:`mig` leaves it out). A factor no dimension holds has a gap near 0, so
+    this says which factors a low MIG is missing and which are held but shared.
+    """
+    codes, kept = check_codes(codes, factors)
+    varying = np.array([len(np.unique(col)) > 1 for col in np.asarray(factors).T], dtype=bool)
     disc = discretize(codes, num_bins)
-    mi = np.stack([discrete_mutual_info(disc, y) for y in factors.T], axis=1)  # (D, K)
-    entropy = np.array([discrete_mutual_info(y[:, None], y)[0] for y in factors.T])
-    return float(np.mean(top_two_gap(mi) / entropy))
+    mi = np.stack([discrete_mutual_info(disc, y) for y in kept.T], axis=1)  # (D, K kept)
+    entropy = np.array([discrete_mutual_info(y[:, None], y)[0] for y in kept.T])
+    out = np.full(varying.shape, np.nan)
+    out[varying] = top_two_gap(mi) / entropy
+    return out
 
 
 # ---------------------------------------------------------------- MIG over the full grid (Chen's estimator)
