@@ -254,25 +254,47 @@ def parse_seeds(text: str, parser: ArgumentParser) -> list[int]:
     return seeds
 
 
-def write_results(rows: list[dict], out: Path, budget: str) -> None:
+def write_results(rows: list[dict], out: Path, budget: str, pretrained: Path = Path("pretrained")) -> None:
+    """``out/<budget>.json``, ``.md`` and ``_curves.png``; curves of rows whose run is not on this
+    machine come from the ``pretrained/<experiment>`` directory exported from that run."""
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / f"{budget}.json", rows)
     table = markdown_table(rows)
     report = latent_report(rows)
     (out / f"{budget}.md").write_text(f"{table}\n\n{report}\n" if report else f"{table}\n")
-    write_seeds_figure(rows, out / f"{budget}_curves.png")
+    write_seeds_figure(rows, out / f"{budget}_curves.png", pretrained)
     print(table)
     if report:
         print(report)
 
 
-def write_seeds_figure(rows: list[dict], path: Path) -> Path | None:
+def history_dir(row: dict, pretrained: Path) -> Path | None:
+    """The directory holding a results row's training log (``metrics.jsonl``): its run directory,
+    or, for a row kept from a run no longer on this machine, ``pretrained/<experiment>`` when that
+    was exported from the same run at the same step (its ``info.json``); else None."""
+    run_dir = Path(row.get("run_dir", ""))
+    if (run_dir / "metrics.jsonl").is_file():
+        return run_dir
+    exported = Path(pretrained) / row["experiment"]
+    try:
+        info = json.loads((exported / "info.json").read_text())
+    except (OSError, ValueError):
+        return None
+    source = Path(str(info.get("source_run", ""))).parts
+    same_run = bool(source) and run_dir.parts[-len(source):] == source and info.get("step") == row.get("steps")
+    return exported if same_run and (exported / "metrics.jsonl").is_file() else None
+
+
+def write_seeds_figure(rows: list[dict], path: Path, pretrained: Path = Path("pretrained")) -> Path | None:
     """Reconstruction NLL and KL over training of every seed, one row per experiment."""
     histories: dict[str, dict[str, list]] = {}
     for r in rows:
-        log_file = Path(r.get("run_dir", "")) / "metrics.jsonl"
-        if log_file.is_file():
-            histories.setdefault(r["experiment"], {})[f"seed {r['seed']}"] = track.load_history(log_file.parent)
+        found = history_dir(r, pretrained)
+        if found is None:
+            log.warning("%s seed %s: no training log at %s: left out of %s", r["experiment"], r["seed"],
+                        r.get("run_dir"), path)
+            continue
+        histories.setdefault(r["experiment"], {})[f"seed {r['seed']}"] = track.load_history(found)
     if not histories:
         return None
     viz.seeds_figure(histories).savefig(path, dpi=110)

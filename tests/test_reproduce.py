@@ -153,3 +153,23 @@ def test_keep_rows_refuses_a_file_it_cannot_merge_before_evaluating(tmp_path, mo
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
     assert written == []
+
+
+def test_a_kept_row_whose_run_is_gone_draws_its_curves_from_the_model_exported_from_that_run(tmp_path):
+    exported = tmp_path / "pretrained" / "capacity25"
+    exported.mkdir(parents=True)
+    (exported / "info.json").write_text(json.dumps({"step": 900, "source_run": "runs/capacity25/fold0"}))
+    (exported / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "train/rec": 500.0 - s / 10, "train/kl": s / 100}) + "\n" for s in (100, 500, 900)))
+    row = {"experiment": "capacity25", "seed": 0, "steps": 900, "run_dir": "/another/machine/runs/capacity25/fold0"}
+    pretrained = tmp_path / "pretrained"
+    assert reproduce.history_dir(row, pretrained) == exported
+    assert reproduce.history_dir({**row, "steps": 800}, pretrained) is None  # a later export of a longer run
+    assert reproduce.history_dir({**row, "run_dir": "/m/runs/capacity25-seed1/fold0"}, pretrained) is None
+    here = tmp_path / "runs" / "capacity25" / "fold0"
+    here.mkdir(parents=True)
+    (here / "metrics.jsonl").write_text(json.dumps({"step": 1, "train/rec": 1.0}) + "\n")
+    assert reproduce.history_dir({**row, "run_dir": str(here)}, pretrained) == here  # the run itself first
+    path = reproduce.write_seeds_figure([row], tmp_path / "curves.png", pretrained)
+    assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert reproduce.write_seeds_figure([{**row, "steps": 800}], tmp_path / "none.png", pretrained) is None
