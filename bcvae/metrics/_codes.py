@@ -4,7 +4,7 @@
   dSprites image, the distribution every metric samples from;
 * :class:`CodeSource`: codes of images looked up by latent classes, each image
   rendered and encoded at most once per evaluation (or read from a table of all);
-* :func:`check_codes`, :func:`split_points`, :func:`top_two_gap`: the input checks,
+* :func:`check_codes`, :func:`varying_columns`, :func:`split_points`, :func:`top_two_gap`: the input checks,
   train/test split and top-two gap that MIG, SAP and DCI share.
 """
 
@@ -118,6 +118,11 @@ def code_source(encode: Encode | None, render: Render, codes_table: np.ndarray |
 # ---------------------------------------------------------------- checks and splits
 
 
+def varying_columns(factors: np.ndarray) -> np.ndarray:
+    """``(K,)`` bool: which columns of ``factors (N, K)`` hold more than one value (the ones measured)."""
+    return np.array([len(np.unique(col)) > 1 for col in np.asarray(factors).T], dtype=bool)
+
+
 def check_codes(codes: np.ndarray, factors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Validate ``codes (N, D)`` and ``factors (N, K)``; keep only factor columns that vary."""
     codes, factors = np.asarray(codes, dtype=np.float64), np.asarray(factors)
@@ -128,7 +133,7 @@ def check_codes(codes: np.ndarray, factors: np.ndarray) -> tuple[np.ndarray, np.
         raise ValueError(f"factors must hold integer classes, got dtype {factors.dtype}")
     if not np.isfinite(codes).all():
         raise ValueError("codes contain NaN or infinite values")
-    varying = np.array([len(np.unique(col)) > 1 for col in factors.T], dtype=bool)
+    varying = varying_columns(factors)
     if not varying.any():
         raise ValueError("every factor column holds a single value: nothing to measure")
     return codes, factors[:, varying]

@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from bcvae.data.render import FACTOR_SIZES
-from bcvae.metrics._codes import check_codes, factor_columns, top_two_gap
+from bcvae.metrics._codes import check_codes, factor_columns, top_two_gap, varying_columns
 
 CHEN_FACTORS = ("scale", "orientation", "posX", "posY")
 """The factors of Chen et al.'s own dSprites MIG (their code leaves shape out)."""
@@ -81,7 +81,7 @@ def mig_per_factor(codes: np.ndarray, factors: np.ndarray, *, num_bins: int = 20
     this says which factors a low MIG is missing and which are held but shared.
     """
     codes, kept = check_codes(codes, factors)
-    varying = np.array([len(np.unique(col)) > 1 for col in np.asarray(factors).T], dtype=bool)
+    varying = varying_columns(factors)
     disc = discretize(codes, num_bins)
     mi = np.stack([discrete_mutual_info(disc, y) for y in kept.T], axis=1)  # (D, K kept)
     entropy = np.array([discrete_mutual_info(y[:, None], y)[0] for y in kept.T])
