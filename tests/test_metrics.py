@@ -222,6 +222,20 @@ def test_dci_ground_truth_random_and_constant():
     assert flat["completeness"] == pytest.approx(0.0, abs=1e-9)
 
 
+def test_dci_informativeness_per_factor_finds_the_factor_a_code_lacks():
+    # The ground truth without its orientation column: every other factor is read
+    # exactly, orientation only at chance (1/40, the label is independent of the code).
+    classes = sampled(3000)
+    codes = affine_codes(classes)[:, PERM != 2]
+    per = metrics.dci(codes, classes[:, 1:])["informativeness_per_factor"]
+    assert per[:2] == [1.0, 1.0] and per[3:] == [1.0, 1.0]
+    assert per[2] == pytest.approx(1 / 40, abs=0.02)
+    # A constant column (colour) is not measured: NaN in its place, left out of the mean.
+    out = metrics.dci(codes, classes)
+    assert math.isnan(out["informativeness_per_factor"][0]) and out["informativeness_per_factor"][1:] == per
+    assert out["informativeness"] == pytest.approx(np.mean(per), abs=1e-12)
+
+
 def test_dci_disentanglement_of_codes_mixing_two_factors_is_zero():
     # Factors (posX, posY), codes (x + y, x - y). Swapping x and y maps the problem
     # to itself with x - y negated (trees are indifferent to a sign), so each code
@@ -360,7 +374,11 @@ def test_evaluate_is_deterministic_and_records_every_setting(grid):
     assert all(other["scores"][k] != first["scores"][k] for k in quick)
     scores, settings = first["scores"], first["settings"]
     assert set(scores) >= {"mig", "sap", "dci", "beta_vae", "factor_vae", "beta_vae_train", "factor_vae_train"}
-    assert set(scores["dci"]) == {"disentanglement", "completeness", "informativeness", "informativeness_train"}
+    assert set(scores["dci"]) == {"disentanglement", "completeness", "informativeness", "informativeness_train",
+                                  "informativeness_per_factor"}
+    per_factor = scores["dci"]["informativeness_per_factor"]
+    assert list(per_factor) == settings["factors"]
+    assert np.mean(list(per_factor.values())) == pytest.approx(scores["dci"]["informativeness"], abs=1e-12)
     assert all(0.0 < scores[k] < 1.0 for k in ("mig", "beta_vae", "factor_vae"))
     assert settings["factors"] == ["shape", "scale", "orientation", "posX", "posY"]
     assert settings["representation"] == "mean" and settings["codes"] == "codes_table"

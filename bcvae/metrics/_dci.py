@@ -35,7 +35,7 @@ from sklearn.ensemble import GradientBoostingClassifier
 from sklearn.ensemble._hist_gradient_boosting.grower import TreeGrower
 from threadpoolctl import threadpool_limits
 
-from bcvae.metrics._codes import check_codes, split_points
+from bcvae.metrics._codes import check_codes, split_points, varying_columns
 
 _COLUMN_EDGES = 254  # thresholds one uint8 column holds (255 non-missing bins)
 _EDGES_PER_TREE = 2 * _COLUMN_EDGES
@@ -244,8 +244,11 @@ def dci(codes: np.ndarray, factors: np.ndarray, *, num_train: int | None = None,
     Returns
     -------
     dict with ``disentanglement``, ``completeness``, ``informativeness`` (test
-    accuracy) and ``informativeness_train``.
+    accuracy), ``informativeness_train`` and ``informativeness_per_factor``: each
+    factor's test accuracy, a list of K floats (NaN for a constant column), which
+    says whether a factor the disentanglement scores miss is in the code at all.
     """
+    varying = varying_columns(np.asarray(factors))
     codes, factors = check_codes(codes, factors)
     train, test = split_points(len(codes), num_train, num_test)
     importance = np.zeros((codes.shape[1], factors.shape[1]))
@@ -259,5 +262,8 @@ def dci(codes: np.ndarray, factors: np.ndarray, *, num_train: int | None = None,
             acc_train.append(np.mean(predicted[train] == factors[train, k]))
             acc_test.append(np.mean(predicted[test] == factors[test, k]))
     disentanglement, completeness = dci_scores(importance)
+    per_factor = np.full(varying.shape, np.nan)
+    per_factor[varying] = acc_test
     return {"disentanglement": disentanglement, "completeness": completeness,
-            "informativeness": float(np.mean(acc_test)), "informativeness_train": float(np.mean(acc_train))}
+            "informativeness": float(np.mean(acc_test)), "informativeness_train": float(np.mean(acc_train)),
+            "informativeness_per_factor": per_factor.tolist()}

@@ -62,6 +62,9 @@ def _sampled_metrics(metrics, source, factors, seed, num_points, settings, recor
             if name == "mig":  # the five terms of the mean: which factors the score lacks
                 terms = mig_per_factor(codes[:n], labels[:n], **kwargs)
                 scores["mig_per_factor"] = {f: float(t) for f, t in zip(factors, terms)}
+            if name == "dci":  # each factor's classifier accuracy, by name: is the factor in the code at all
+                per = scores["dci"]["informativeness_per_factor"]
+                scores["dci"]["informativeness_per_factor"] = dict(zip(factors, per))
             seconds[name] = time.perf_counter() - tic - (source.seconds - spent)
             log.info("metric %s done in %.1f s", name, seconds[name])
             record[name] = {**kwargs, **({"num_points": n} if name == "mig" else {})}
@@ -119,8 +122,8 @@ def evaluate(encode: Encode | None = None, metrics: Sequence[str] = METRICS[:5],
     Returns
     -------
     ``{"scores": {...}, "settings": {...}, "seconds": {...}, "notes": [...]}``; scores
-    ``mig``, ``sap``, ``dci`` (dict), ``beta_vae`` and ``factor_vae`` (eval accuracy) with
-    ``*_train`` accuracies, ``mig_per_factor`` (each factor's normalised gap, the terms
+    ``mig``, ``sap``, ``dci`` (dict; its ``informativeness_per_factor`` by factor name),
+    ``beta_vae`` and ``factor_vae`` (eval accuracy) with ``*_train`` accuracies, ``mig_per_factor`` (each factor's normalised gap, the terms
     MIG averages), ``factor_vae_active_dims`` and ``factor_vae_per_factor`` (the
     eval accuracy of the votes that fixed each factor); seconds per metric exclude
     rendering and encoding, which is ``seconds["render_encode"]``. With FactorVAE,
