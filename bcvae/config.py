@@ -34,8 +34,11 @@ KL_SCALES = ("none", "batch_over_n")
 COMPILE_MODES = ("auto", "on", "graphs", "off")
 METRICS = ("mig", "sap", "dci", "beta_vae", "factor_vae")
 """Disentanglement metrics (bcvae.metrics), the choices of ``eval.metrics``."""
-EVAL_METRICS = (*METRICS, "mig_full_grid")
-"""What ``bcvae eval`` and ``metrics.evaluate`` compute: also Chen et al.'s MIG over every posterior."""
+EVAL_METRICS = (*METRICS, "mig_full_grid", "latent_information")
+"""What ``bcvae eval`` and ``metrics.evaluate`` compute: also, from every image's posterior, Chen et
+al.'s MIG and each latent's KL split into I(x; z_j) and KL(q(z_j) ‖ p(z_j))."""
+POSTERIOR_METRICS = ("mig_full_grid", "latent_information")
+"""The entries of :data:`EVAL_METRICS` that need the posterior (mean and log-variance) of every image."""
 DSPRITES_IMAGES = 737_280
 """Images in dSprites: 3 shapes × 6 scales × 40 orientations × 32 × 32 positions (bcvae.data checks it)."""
 SEED_MAX = 2**32 - 1

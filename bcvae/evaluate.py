@@ -108,7 +108,7 @@ def flatten_scores(scores: dict, prefix: str = "") -> dict[str, float]:
 
 # Metrics whose default sizes touch most of the 737,280 images: encoding the whole
 # dataset once (in file order, from the fold cache) is then cheaper than rendering.
-WHOLE_DATASET = {"beta_vae", "factor_vae", "mig_full_grid"}
+WHOLE_DATASET = {"beta_vae", "factor_vae", *config.POSTERIOR_METRICS}
 
 
 def evaluate_checkpoint(ckpt_path: Path, metric_names, **kwargs) -> dict:
@@ -122,12 +122,16 @@ def evaluate_model(model: VAE, cfg: config.Config, ckpt: dict, ckpt_path: Path, 
     from bcvae import metrics  # lazy for start-up time: scikit-learn and scipy load in ~1 s
 
     device = next(model.parameters()).device
-    names = tuple(metric_names) + (("mig_full_grid",) if full_grid_mig else ())
+    names = tuple(dict.fromkeys((*metric_names, *(("mig_full_grid",) if full_grid_mig else ()))))
+    posterior = [m for m in names if m in config.POSTERIOR_METRICS]
     tic = time.perf_counter()
     data = load_all(cfg.data) if WHOLE_DATASET & set(names) else None
+    if posterior and len(data) != N_IMAGES:
+        raise UsageError(f"{', '.join(posterior)}: needs the posterior of all {N_IMAGES:,} images, and "
+                         f"{cfg.name}'s data holds {len(data):,}")
     if data is not None and len(data) == N_IMAGES:
         mu, logvar = encode_all(model, data, device)
-        kwargs = {"codes_table": mu, "logvar_table": logvar if full_grid_mig else None}
+        kwargs = {"codes_table": mu, "logvar_table": logvar if posterior else None}
     else:
         kwargs = {"encode": make_encode(model, device),
                   "render": image_source(ckpt["provenance"], lambda: load_all(cfg.data))}

@@ -72,7 +72,8 @@ def test_an_experiment_file_that_is_not_utf8(tmp_path):
     (["--metrics", "bogus"], ["unknown metric(s) bogus", "choose from"]),
     (["--metrics", ","], ["names no metric"]),
     (["--num-points", "0"], ["--num-points must be >= 100"]),
-], ids=["unknown-metric", "empty-list", "zero-points"])
+    (["--metrics", "mig,latent_information"], ["latent_information", "737,280 images", "smoke"]),
+], ids=["unknown-metric", "empty-list", "zero-points", "posterior-of-a-subset"])
 def test_eval_argument_mistakes_leave_eval_json_alone(copied_run, args, words):
     d = run_dir(copied_run)
     (d / "eval.json").write_text('{"kept": true}')

@@ -66,12 +66,14 @@ from bcvae.metrics._codes import (
 from bcvae.metrics._dci import dci, dci_scores
 from bcvae.metrics._evaluate import METRICS, evaluate
 from bcvae.metrics._factor_vae import factor_vae_details, factor_vae_score
-from bcvae.metrics._mig import CHEN_FACTORS, discrete_mutual_info, discretize, mig, mig_full_grid, mig_per_factor
+from bcvae.metrics._mig import (
+    CHEN_FACTORS, discrete_mutual_info, discretize, latent_information, mig, mig_full_grid, mig_per_factor,
+)
 from bcvae.metrics._sap import sap
 
 __all__ = [
     "CHEN_FACTORS", "CodeSource", "DEFAULT_FACTORS", "Encode", "METRICS", "Render", "beta_vae_details",
     "beta_vae_score", "dci", "dci_scores", "discrete_mutual_info", "discretize", "evaluate",
-    "factor_columns", "factor_vae_details", "factor_vae_score", "mig", "mig_full_grid", "mig_per_factor",
-    "render_dsprites", "sample_factors", "sap",
+    "factor_columns", "factor_vae_details", "factor_vae_score", "latent_information", "mig", "mig_full_grid",
+    "mig_per_factor", "render_dsprites", "sample_factors", "sap",
 ]

@@ -17,7 +17,7 @@ from bcvae.metrics._beta_vae import beta_vae_details
 from bcvae.metrics._codes import DEFAULT_FACTORS, Encode, Render, code_source, factor_columns, sample_factors
 from bcvae.metrics._dci import dci
 from bcvae.metrics._factor_vae import factor_vae_details
-from bcvae.metrics._mig import mig, mig_full_grid, mig_per_factor
+from bcvae.metrics._mig import latent_information, mig, mig_full_grid, mig_per_factor
 from bcvae.metrics._sap import sap
 
 log = logging.getLogger("bcvae")
@@ -36,8 +36,9 @@ def _check_request(metrics: Sequence[str], settings: dict, codes_table, logvar_t
     unknown = [m for m in (*metrics, *settings) if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; choose from {', '.join(METRICS)}")
-    if "mig_full_grid" in metrics and (codes_table is None or logvar_table is None):
-        raise ValueError("mig_full_grid needs codes_table and logvar_table (the posterior of every image)")
+    for name in config.POSTERIOR_METRICS:
+        if name in metrics and (codes_table is None or logvar_table is None):
+            raise ValueError(f"{name} needs codes_table and logvar_table (the posterior of every image)")
     for name, overrides in settings.items():
         if not isinstance(overrides, dict):
             raise ValueError(f"settings for {name} must be a dict of keyword arguments, got {overrides!r}")
@@ -110,7 +111,8 @@ def evaluate(encode: Encode | None = None, metrics: Sequence[str] = METRICS[:5],
         on each needed image once (all metrics share the cache).
     codes_table : codes ``(737280, D)`` of every image in the real file's order; replaces
         encode and render (the fastest route when the whole dataset is encoded anyway).
-    logvar_table : posterior log-variances ``(737280, D)``; only for ``mig_full_grid``.
+    logvar_table : posterior log-variances ``(737280, D)``; only for ``mig_full_grid`` and
+        ``latent_information``.
     num_points : disentanglement_lib's training-set size, used by every metric: MIG's
         points, SAP/DCI/BetaVAE/FactorVAE training points and FactorVAE's variance
         estimate; test/eval sets get ``num_points // 2``. 10,000 gives disentanglement_lib's
@@ -123,9 +125,12 @@ def evaluate(encode: Encode | None = None, metrics: Sequence[str] = METRICS[:5],
     -------
     ``{"scores": {...}, "settings": {...}, "seconds": {...}, "notes": [...]}``; scores
     ``mig``, ``sap``, ``dci`` (dict; its ``informativeness_per_factor`` by factor name),
-    ``beta_vae`` and ``factor_vae`` (eval accuracy) with ``*_train`` accuracies, ``mig_per_factor`` (each factor's normalised gap, the terms
-    MIG averages), ``factor_vae_active_dims`` and ``factor_vae_per_factor`` (the
-    eval accuracy of the votes that fixed each factor); seconds per metric exclude
+    ``beta_vae`` and ``factor_vae`` (eval accuracy) with ``*_train`` accuracies,
+    ``mig_per_factor`` (each factor's normalised gap, the terms MIG averages),
+    ``factor_vae_active_dims`` and ``factor_vae_per_factor`` (the eval accuracy of the
+    votes that fixed each factor); ``latent_information``: ``kl``, ``mutual_information``
+    and ``marginal_kl``, each by latent ``z0 …``, and ``joint`` (the same of the whole code,
+    with its total correlation). Seconds per metric exclude
     rendering and encoding, which is ``seconds["render_encode"]``. With FactorVAE,
     ``"factor_vae_votes"``: the active dimensions, the factor each was assigned and the
     train/eval vote counts ``(K factors, D_active)`` behind the score.
@@ -151,6 +156,16 @@ def evaluate(encode: Encode | None = None, metrics: Sequence[str] = METRICS[:5],
         import torch
 
         record["mig_full_grid"] = {**kwargs, "factors": list(kwargs["factors"]), "torch": torch.__version__}
+    if "latent_information" in metrics:
+        kwargs = {**_keyword_defaults(latent_information, skip=()), "seed": seed,
+                  **settings.get("latent_information", {})}
+        tic = time.perf_counter()
+        split = latent_information(source.table, logvar_table, **kwargs)
+        joint = split.pop("joint")
+        scores["latent_information"] = {**{k: {f"z{j}": float(v) for j, v in enumerate(a)} for k, a in split.items()},
+                                        "joint": joint}
+        seconds["latent_information"] = time.perf_counter() - tic
+        record["latent_information"] = kwargs
     seconds["render_encode"], seconds["total"] = source.seconds, time.perf_counter() - start
     record["images_encoded"] = source.n_encoded
     out = {"scores": scores, "settings": record, "seconds": seconds, "notes": notes}
