@@ -246,7 +246,8 @@ def dci(codes: np.ndarray, factors: np.ndarray, *, num_train: int | None = None,
     dict with ``disentanglement``, ``completeness``, ``informativeness`` (test
     accuracy), ``informativeness_train`` and ``informativeness_per_factor``: each
     factor's test accuracy, a list of K floats (NaN for a constant column), which
-    says whether a factor the disentanglement scores miss is in the code at all.
+    says whether a factor the disentanglement scores miss can be read from the code
+    at all (by this classifier: chance means no readable trace, not zero information).
     """
     varying = varying_columns(np.asarray(factors))
     codes, factors = check_codes(codes, factors)

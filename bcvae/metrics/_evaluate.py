@@ -63,7 +63,7 @@ def _sampled_metrics(metrics, source, factors, seed, num_points, settings, recor
             if name == "mig":  # the five terms of the mean: which factors the score lacks
                 terms = mig_per_factor(codes[:n], labels[:n], **kwargs)
                 scores["mig_per_factor"] = {f: float(t) for f, t in zip(factors, terms)}
-            if name == "dci":  # each factor's classifier accuracy, by name: is the factor in the code at all
+            if name == "dci":  # each factor's classifier accuracy, by name: can the factor be read at all
                 per = scores["dci"]["informativeness_per_factor"]
                 scores["dci"]["informativeness_per_factor"] = dict(zip(factors, per))
             seconds[name] = time.perf_counter() - tic - (source.seconds - spent)
