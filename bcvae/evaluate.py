@@ -17,7 +17,8 @@ import yaml
 from torch import nn
 
 from bcvae import config, track
-from bcvae.checkpoint import checkpoint_path, export_pretrained, is_pretrained, load_checkpoint, load_model, write_json
+from bcvae.checkpoint import (checkpoint_path, export_pretrained, is_pretrained, load_checkpoint, load_model, read_json,
+                              write_json)
 from bcvae.encode import encode_all, image_source, make_encode
 from bcvae.errors import CheckpointError, UsageError
 from bcvae.config import Config
@@ -185,11 +186,50 @@ def main(args) -> dict:
         out = ckpt_path / "eval_rerun.json"
     else:
         out = ckpt_path.parent / "eval.json"
-    write_json(out, result)
-    print(f"wrote {out}")
+    previous = read_json(out)
+    merged = merge_evaluations(previous, result)
+    write_json(out, merged)
+    kept = sorted(set(merged["scores"]) - set(result["scores"]))
+    if kept:
+        print(f"wrote {out} (kept its earlier {', '.join(kept)} of the same step and sampling)")
+    elif previous is not None and set(previous.get("scores") or {}) - set(result["scores"]):
+        print(f"wrote {out}, replacing an evaluation of another step or sampling "
+              f"(step {previous.get('step')}, {_sampling(previous)})")
+    else:
+        print(f"wrote {out}")
     if not args.no_wandb and not is_pretrained(ckpt_path):
         _log_to_run(ckpt_path, result, scores)
     return result
+
+
+# What must agree for two evaluations' scores to sit in one file: the same weights and
+# the same sampled points (every metric draws its points from these).
+_SAMPLING = ("seed", "num_points", "representation", "factors")
+
+
+def _sampling(result: dict) -> dict:
+    settings = result.get("settings") or {}
+    return {key: settings.get(key) for key in _SAMPLING}
+
+
+def merge_evaluations(previous: dict | None, result: dict) -> dict:
+    """The evaluation to store: ``result``, plus the metrics of ``previous`` it did not re-run.
+
+    An evaluation of a few metrics (``bcvae eval RUN --metrics dci``) must not erase the
+    others, which took minutes to compute and which ``bcvae export`` ships. Earlier scores
+    are kept only when they are of the same checkpoint step and the same sampling
+    (:data:`_SAMPLING`); otherwise they describe other weights or other points and
+    ``result`` replaces them. Per-metric entries (``scores``, ``settings``, ``seconds``)
+    merge key by key, the re-run metrics winning; notes are joined.
+    """
+    if (not isinstance(previous, dict) or not isinstance(previous.get("scores"), dict)
+            or previous.get("step") != result["step"] or _sampling(previous) != _sampling(result)):
+        return result
+    merged = {**previous, **result}
+    for key in ("scores", "settings", "seconds"):
+        merged[key] = {**(previous.get(key) or {}), **result[key]}
+    merged["notes"] = list(dict.fromkeys([*(previous.get("notes") or []), *result["notes"]]))
+    return merged
 
 
 def export(run: Path, out_dir: Path) -> list[Path]:

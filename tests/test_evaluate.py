@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -65,3 +66,34 @@ def test_eval_cli_writes_json_and_logs_to_the_run(smoke_run):
 
     rows = wandb_records.history(smoke_run)
     assert any("eval/mig" in r and r["_step"] == result["step"] for r in rows)
+
+
+def _eval(run, *args):
+    proc = subprocess.run([sys.executable, "-m", "bcvae", "eval", str(run), "--no-wandb", "--num-points", "500", *args],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout, json.loads((run / "eval.json").read_text())
+
+
+def test_eval_of_a_few_metrics_keeps_the_others_of_the_same_step_and_sampling(smoke_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(smoke_run, run)
+    _, first = _eval(run, "--metrics", "mig,sap")
+    out, second = _eval(run, "--metrics", "sap")
+    assert "kept its earlier mig" in out
+    assert second["scores"]["mig"] == first["scores"]["mig"]          # not re-run, kept
+    assert second["scores"]["sap"] == first["scores"]["sap"]          # re-run with the same points: same score
+    assert set(second["settings"]) >= {"mig", "sap"} and set(second["seconds"]) >= {"mig", "sap"}
+    # Another sampling seed draws other points: the earlier mig no longer belongs beside this sap.
+    out, third = _eval(run, "--metrics", "sap", "--seed", "3")
+    assert "replacing an evaluation of another step or sampling" in out
+    assert set(third["scores"]) == {"sap"} and third["settings"]["seed"] == 3
+
+
+def test_merge_evaluations_keeps_nothing_of_another_step():
+    old = {"step": 5, "scores": {"mig": 0.1}, "settings": {"seed": 0, "num_points": 500}, "seconds": {}, "notes": []}
+    new = {"step": 6, "scores": {"sap": 0.2}, "settings": {"seed": 0, "num_points": 500}, "seconds": {}, "notes": []}
+    assert evaluate.merge_evaluations(old, new) == new
+    assert evaluate.merge_evaluations({**old, "step": 6}, new)["scores"] == {"mig": 0.1, "sap": 0.2}
+    assert evaluate.merge_evaluations(None, new) == new
+    assert evaluate.merge_evaluations({"kept": True}, new) == new    # not an evaluation: replaced
