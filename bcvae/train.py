@@ -105,9 +105,11 @@ class Trainer:
         if self.rank:
             log.setLevel(logging.WARNING)  # one process reports progress; warnings still show
         self.device = self._device()
-        if self.device.type == "cuda" and cfg.train.amp != "off":
-            # TF32 for what autocast leaves in float32; train.amp=off keeps strict float32
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        if self.device.type == "cuda":
+            # TF32 for what autocast leaves in float32; train.amp=off keeps strict float32, which
+            # must be said for convolutions too: cuDNN allows TF32 unless told otherwise
+            tf32 = cfg.train.amp != "off"
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
         if cfg.train.batch_size % self.world:
