@@ -10,11 +10,13 @@
 #   DEVICE    train.device (default cuda; cpu only to test this script)
 #   EXTRA     further overrides for every run (default: strict float32, eager, no W&B, no final eval,
 #             so the numbers compare with the CPU runs and are evaluated where they land)
+#   RUNS      the runs folder (default: a new temporary one); unpacked tarballs there resume
+#   FIT_BYTES checkpoints above this size are cut down before packing (default 14 MiB)
 # Example (benchmarks/README.md, "Full-length runs on a lent GPU"):
 #   bash benchmarks/gpu_runs.sh 450 capacity25-seed2=capacity25:2 factorvae-seed3=factorvae:3:100000
 set -uo pipefail
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [[ $# -ge 2 && $1 =~ ^[0-9]+$ ]] || usage
 seconds=$1; shift
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -23,7 +25,7 @@ RESULTS=${RESULTS:-${OUT:-benchmarks/results/gpu-runs}}
 DEVICE=${DEVICE:-cuda}
 EXTRA=${EXTRA:-train.amp=off train.compile=off log.wandb_mode=disabled log.progress=false eval.at_end=false eval.every_epochs=0}
 PYTHON=${PYTHON:-python3}
-runs=$(mktemp -d)
+runs=${RUNS:-$(mktemp -d)}  # RUNS: resume the runs already there (unpacked tarballs)
 mkdir -p "$RESULTS"
 logf=$RESULTS/gpu_runs.log
 export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 WANDB_MODE=disabled
@@ -48,20 +50,20 @@ for spec in "$@"; do
 done
 
 # A file comes back only under 16 MiB. FactorVAE's discriminator (about 4M parameters) and its Adam
-# moments make its checkpoint ~55 MB: a finished run keeps what evaluation reads (model, config,
-# step), dropping the optimisers and the discriminator; an unfinished one comes back without it.
+# moments make its checkpoint ~55 MB: a finished run drops them and keeps the VAE's part (~6 MB,
+# what evaluation reads); an unfinished one comes back without its checkpoint.
 fit() {
-  [[ -f $1 ]] && (( $(stat -c %s "$1") > 14 * 1024 * 1024 )) || return 0
+  [[ -f $1 ]] && (( $(stat -c %s "$1") > ${FIT_BYTES:-14 * 1024 * 1024} )) || return 0
   "$PYTHON" - "$1" <<'EOF'
-import os, sys, torch
+import json, os, sys, torch
 path = sys.argv[1]
 ckpt = torch.load(path, map_location="cpu", weights_only=True)
-limit = ckpt["config"]["train"].get("max_steps")
-if limit is not None and ckpt["step"] >= limit:
-    for key in ("disc", "opt", "disc_opt"):
+summary = os.path.join(os.path.dirname(path), "summary.json")  # written when a run completes
+if os.path.exists(summary) and json.load(open(summary))["step"] == ckpt["step"]:
+    for key in ("disc", "disc_opt"):
         ckpt.pop(key, None)
     torch.save(ckpt, path)
-    print(f"{path}: finished at step {ckpt['step']}; kept the model only (evaluates, cannot resume)")
+    print(f"{path}: finished at step {ckpt['step']}; discriminator dropped (evaluates, cannot resume)")
 else:
     os.remove(path)
     print(f"{path}: unfinished at step {ckpt['step']} and too large to return; dropped (metrics kept)")
