@@ -1,4 +1,4 @@
-"""Command line: ``bcvae train|cv|eval|data|sweep|plots|reproduce|plateau|tc-bias`` (also ``python -m bcvae``).
+"""Command line: ``bcvae train|cv|eval|data|sweep|plots|reproduce|plateau|tc-bias|shift-forces`` (also ``python -m bcvae``).
 
 Every command shares one error boundary (:func:`main`). Exit codes: 0 success;
 2 a user mistake (config, argument, edited run record), one line naming the file,
@@ -114,6 +114,10 @@ def _route(argv: list[str]) -> int:
         from bcvae import tc_bias
 
         return tc_bias.main(argv[1:])
+    if argv[:1] == ["shift-forces"]:  # likewise: bcvae shift-forces --help
+        from bcvae import shift_forces
+
+        return shift_forces.main(argv[1:])
     return _dispatch(_parser().parse_args(argv))
 
 
