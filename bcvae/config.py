@@ -122,6 +122,10 @@ class LossConfig:
     """FactorVAE: discriminator Adam β1."""
     disc_beta2: float = 0.9
     """FactorVAE: discriminator Adam β2."""
+    disc_centre: bool = False
+    """FactorVAE: show the discriminator batch-centred codes (z minus the batch mean; each half of its
+    loss by its own mean). The true TC ignores a shift common to every code; the discriminator's
+    estimate then does too, so it cannot push the code's location off the prior. False = the paper."""
 
 
 @dataclass

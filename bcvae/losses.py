@@ -143,7 +143,12 @@ def _guard_update_order(discriminator: nn.Module, tc: Tensor) -> None:
     tc.register_hook(check)
 
 
-def _discriminator_tc(discriminator: nn.Module, z: Tensor) -> Tensor:
+def _centred(z: Tensor, centre: bool) -> Tensor:
+    """z (B, D) minus its batch mean when ``centre`` (``loss.disc_centre``), else z."""
+    return z - z.mean(dim=0, keepdim=True) if centre else z
+
+
+def _discriminator_tc(discriminator: nn.Module, z: Tensor, centre: bool = False) -> Tensor:
     """TC(z) ≈ E_q(z)[log D(z) / (1 − D(z))] = mean(logit₀ − logit₁) (Kim & Mnih 2018, eq. 3).
 
     D is evaluated with detached parameters: the gradient reaches the encoder through z
@@ -151,23 +156,24 @@ def _discriminator_tc(discriminator: nn.Module, z: Tensor) -> Tensor:
     backward time that D was not updated in between (``_guard_update_order``).
     """
     params = {name: p.detach() for name, p in discriminator.named_parameters()}
-    logits = torch.func.functional_call(discriminator, params, (z,))   # (B, 2)
+    logits = torch.func.functional_call(discriminator, params, (_centred(z, centre),))   # (B, 2)
     tc = (logits[:, 0] - logits[:, 1]).mean()
     _guard_update_order(discriminator, tc)
     return tc
 
 
-def discriminator_loss(discriminator: nn.Module, z: Tensor,
-                       z_other: Tensor) -> tuple[Tensor, dict[str, Any]]:
+def discriminator_loss(discriminator: nn.Module, z: Tensor, z_other: Tensor,
+                       centre: bool = False) -> tuple[Tensor, dict[str, Any]]:
     """FactorVAE discriminator loss (Kim & Mnih 2018, Alg. 2): cross-entropy of D on codes
     of one batch (label 0, "from q(z)") and on dimension-wise permuted codes of an
     independent batch (label 1, "from ∏_j q(z_j)"); both halves weigh equally.
 
     z, z_other : (B, D) and (B', D); detached here, so no gradient reaches the encoder.
+    centre: each half minus its own batch mean (``loss.disc_centre``), as ``_discriminator_tc`` sees z.
     terms: "disc_loss", "disc_acc" (fraction of the 2 halves classified correctly).
     """
-    z_perm = permute_dims(z_other.detach())
-    logits = discriminator(torch.cat([z.detach(), z_perm]))           # (B + B', 2)
+    z_perm = _centred(permute_dims(z_other.detach()), centre)
+    logits = discriminator(torch.cat([_centred(z.detach(), centre), z_perm]))   # (B + B', 2)
     labels = torch.cat([z.new_zeros(z.shape[0], dtype=torch.long),
                         z.new_ones(z_perm.shape[0], dtype=torch.long)])
     per_sample = F.cross_entropy(logits, labels, reduction="none")
@@ -322,7 +328,7 @@ def _regulariser(loss_cfg: Any, mu: Tensor, logvar: Tensor, z: Tensor, kl: Tenso
     if objective == "factor":
         if discriminator is None:
             raise ValueError("loss.objective 'factor' needs the discriminator passed to vae_loss")
-        tc = _discriminator_tc(discriminator, z)
+        tc = _discriminator_tc(discriminator, z, loss_cfg.disc_centre)
         return kl + loss_cfg.factor_gamma * tc, {"tc": tc}
     if objective == "btcvae":
         if dataset_size is None:

@@ -32,12 +32,13 @@ TERMS = ("rec", "kl", "tc")
 
 
 def shift_forces(model: VAE, disc: nn.Module, gamma: float, x: Tensor, eps: Tensor,
-                 likelihood: str = "bernoulli") -> dict[str, Tensor]:
+                 likelihood: str = "bernoulli", centre: bool = False) -> dict[str, Tensor]:
     """Gradient of each loss term with respect to a shift δ of every μ, at δ = 0.
 
     x : (B, 1, 64, 64) images; eps : (B, D) standard normal draws (z = μ + δ + σ·eps).
     Returns ``{"rec", "kl", "tc"}`` -> (D,): the reconstruction NLL's, the KL's (= mean μ)
-    and γ·TC's, TC read from the discriminator as in training (mean logit difference).
+    and γ·TC's, TC read from the discriminator as in training (mean logit difference of
+    batch-centred codes when ``centre``, ``loss.disc_centre``: then exactly zero).
     """
     with torch.no_grad():
         mu, logvar = model.encode(x)
@@ -51,14 +52,14 @@ def shift_forces(model: VAE, disc: nn.Module, gamma: float, x: Tensor, eps: Tens
         elif term == "kl":
             value = kl_per_dim(mu_shifted, logvar).sum()
         else:
-            logits = disc(z)
+            logits = disc(z - z.mean(dim=0, keepdim=True) if centre else z)
             value = gamma * (logits[:, 0] - logits[:, 1]).mean()
         (forces[term],) = torch.autograd.grad(value, delta)
     return forces
 
 
-def load_factor_run(run: Path) -> tuple[VAE, nn.Module, float, str]:
-    """The VAE, the discriminator, γ and the likelihood of a FactorVAE run's checkpoint."""
+def load_factor_run(run: Path) -> tuple[VAE, nn.Module, float, str, bool]:
+    """The VAE, the discriminator, γ, the likelihood and ``loss.disc_centre`` of a FactorVAE run."""
     path = checkpoint_path(run)
     model, cfg, _ = load_model(path, torch.device("cpu"))
     if cfg.loss.objective != "factor":
@@ -70,7 +71,7 @@ def load_factor_run(run: Path) -> tuple[VAE, nn.Module, float, str]:
                               "only); give the run directory")
     disc = discriminator_for(cfg.loss.objective, cfg.model.z_dim)
     disc.load_state_dict(ckpt["disc"])
-    return model, disc.eval(), cfg.loss.factor_gamma, cfg.loss.likelihood
+    return model, disc.eval(), cfg.loss.factor_gamma, cfg.loss.likelihood, cfg.loss.disc_centre
 
 
 def report(name: str, step: int, forces: dict[str, np.ndarray], mean_mu: np.ndarray) -> str:
@@ -96,12 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.from_numpy(render_dsprites(random_classes(args.images, np.random.default_rng(args.seed))))
     x = x.unsqueeze(1).float()
     for run in args.runs:
-        model, disc, gamma, likelihood = load_factor_run(Path(run))
+        model, disc, gamma, likelihood, centre = load_factor_run(Path(run))
         sums = {t: np.zeros(model.z_dim) for t in TERMS}
         mean_mu = np.zeros(model.z_dim)
         for xb in x.split(1024):  # each term is a batch mean: weigh batches by their size
             eps = torch.randn(len(xb), model.z_dim)
-            for t, f in shift_forces(model, disc, gamma, xb, eps, likelihood).items():
+            for t, f in shift_forces(model, disc, gamma, xb, eps, likelihood, centre).items():
                 sums[t] += f.numpy() * len(xb) / len(x)
             with torch.no_grad():
                 mean_mu += model.encode(xb)[0].sum(0).numpy() / len(x)

@@ -354,7 +354,7 @@ class Trainer:
         with torch.no_grad(), self._amp():
             z_other = sample_posterior(self.model, x_other, self._noise()).float()
             (z_other,) = distributed.gather_rows((z_other,), self.world)
-        d_loss, d_terms = discriminator_loss(self.disc, z, z_other)
+        d_loss, d_terms = discriminator_loss(self.disc, z, z_other, self.cfg.loss.disc_centre)
         self.disc_opt.zero_grad(set_to_none=True)
         d_loss.backward()
         distributed.average_gradients(self.disc.parameters(), self.world)

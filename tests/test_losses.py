@@ -18,7 +18,7 @@ def _cfg(**overrides) -> SimpleNamespace:
     fields = dict(objective="beta", likelihood="bernoulli", beta=4.0, gamma=1000.0, c_max=25.0,
                   c_steps=100_000, gamma_warmup_steps=0, warm_start_steps=0, warm_start_until_mi=0.0, kl_scale="none",
                   factor_gamma=35.0, tc_alpha=1.0, tc_beta=6.0, tc_gamma=1.0,
-                  tc_estimator="mss", disc_lr=1e-4, disc_beta1=0.5, disc_beta2=0.9)
+                  tc_estimator="mss", disc_lr=1e-4, disc_beta1=0.5, disc_beta2=0.9, disc_centre=False)
     return SimpleNamespace(**{**fields, **overrides})
 
 

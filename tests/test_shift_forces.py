@@ -4,6 +4,7 @@ none) and against central finite differences of the terms themselves."""
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 
@@ -76,3 +77,52 @@ def test_a_run_without_a_discriminator_is_one_clear_line(run, message):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_a_discriminator_shown_centred_codes_exerts_no_force_and_ignores_a_common_shift(setup):
+    from types import SimpleNamespace
+
+    from bcvae.losses import discriminator_loss, vae_loss
+
+    model, disc, x, eps = setup
+    assert shift_forces(model, disc, 35.0, x, eps, centre=False)["tc"].abs().max() > 1e-3
+    torch.testing.assert_close(shift_forces(model, disc, 35.0, x, eps, centre=True)["tc"],
+                               torch.zeros(4, dtype=torch.float64), atol=1e-10, rtol=0)
+    # the training losses read the same: the VAE's TC term and the discriminator's loss
+    z, z_other = torch.randn(16, 4, dtype=torch.float64), torch.randn(16, 4, dtype=torch.float64)
+    shift = torch.tensor([3.0, -1.0, 0.5, 2.0], dtype=torch.float64)
+    cfg = SimpleNamespace(objective="factor", factor_gamma=35.0, likelihood="bernoulli", disc_centre=True)
+    mu, logvar, logits = torch.zeros(16, 4), torch.zeros(16, 4), torch.zeros(16, 1, 64, 64)
+    disc32 = copy.deepcopy(disc).float()
+    tc = [vae_loss(cfg, x.float(), logits, mu, logvar, zz.float(), 0, discriminator=disc32)[1]["tc"]
+          for zz in (z, z + shift)]
+    torch.testing.assert_close(tc[0], tc[1])
+
+    def d_loss(a, b, **kw):
+        torch.manual_seed(1)  # the same dimension-wise permutation of b each time
+        return discriminator_loss(disc, a, b, **kw)[0]
+
+    pairs = ((z, z_other), (z + shift, z_other - shift))
+    torch.testing.assert_close(*[d_loss(a, b, centre=True) for a, b in pairs])
+    assert not torch.allclose(*[d_loss(a, b) for a, b in pairs])
+
+
+def test_the_command_prints_every_force_of_a_factor_run_and_none_from_a_centred_discriminator(tmp_path, capsys):
+    from bcvae import cli, config, train
+    from conftest import smoke_overrides
+
+    runs = {}
+    for centre in (False, True):
+        overrides = [*smoke_overrides(tmp_path), "loss.objective=factor", "train.max_steps=10", "eval.at_end=false",
+                     f"loss.disc_centre={str(centre).lower()}", f"name=factor-centre-{centre}"]
+        cfg = config.load(ROOT / "experiments" / "smoke.yaml", overrides)
+        train.train(cfg)
+        runs[centre] = train.run_dir_for(cfg)
+    capsys.readouterr()
+    assert cli.main(["shift-forces", str(runs[False]), str(runs[True]), "--images", "32"]) == 0
+    out = capsys.readouterr().out
+    plain, centred = out.split(str(runs[True]))
+    for part in (plain, centred):
+        assert "(step 10)" in part and all(f"∂{t}" in part for t in ("rec", "kl ", "tc "))
+    norm = lambda text: float(text.split("|tc| ")[1].split(",")[0])  # noqa: E731
+    assert norm(plain) > 0 and norm(centred) == 0.0
