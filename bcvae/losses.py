@@ -148,7 +148,7 @@ def _centred(z: Tensor, centre: bool) -> Tensor:
     return z - z.mean(dim=0, keepdim=True) if centre else z
 
 
-def _discriminator_tc(discriminator: nn.Module, z: Tensor, centre: bool = False) -> Tensor:
+def discriminator_tc(discriminator: nn.Module, z: Tensor, centre: bool = False) -> Tensor:
     """TC(z) ≈ E_q(z)[log D(z) / (1 − D(z))] = mean(logit₀ − logit₁) (Kim & Mnih 2018, eq. 3).
 
     D is evaluated with detached parameters: the gradient reaches the encoder through z
@@ -169,7 +169,7 @@ def discriminator_loss(discriminator: nn.Module, z: Tensor, z_other: Tensor,
     independent batch (label 1, "from ∏_j q(z_j)"); both halves weigh equally.
 
     z, z_other : (B, D) and (B', D); detached here, so no gradient reaches the encoder.
-    centre: each half minus its own batch mean (``loss.disc_centre``), as ``_discriminator_tc`` sees z.
+    centre: each half minus its own batch mean (``loss.disc_centre``), as ``discriminator_tc`` sees z.
     terms: "disc_loss", "disc_acc" (fraction of the 2 halves classified correctly).
     """
     z_perm = _centred(permute_dims(z_other.detach()), centre)
@@ -328,7 +328,7 @@ def _regulariser(loss_cfg: Any, mu: Tensor, logvar: Tensor, z: Tensor, kl: Tenso
     if objective == "factor":
         if discriminator is None:
             raise ValueError("loss.objective 'factor' needs the discriminator passed to vae_loss")
-        tc = _discriminator_tc(discriminator, z, loss_cfg.disc_centre)
+        tc = discriminator_tc(discriminator, z, loss_cfg.disc_centre)
         return kl + loss_cfg.factor_gamma * tc, {"tc": tc}
     if objective == "btcvae":
         if dataset_size is None:

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bcvae.checkpoint import checkpoint_path, load_checkpoint, load_model
+from bcvae.checkpoint import checkpoint_path, load_model
 from bcvae.data import render_dsprites
 from bcvae.errors import ArgumentParser, CheckpointError
 from bcvae.latents import random_classes
-from bcvae.losses import kl_per_dim, recon_nll
+from bcvae.losses import discriminator_tc, kl_per_dim, recon_nll
 from bcvae.model import VAE, discriminator_for
 
 TERMS = ("rec", "kl", "tc")
@@ -37,8 +37,8 @@ def shift_forces(model: VAE, disc: nn.Module, gamma: float, x: Tensor, eps: Tens
 
     x : (B, 1, 64, 64) images; eps : (B, D) standard normal draws (z = μ + δ + σ·eps).
     Returns ``{"rec", "kl", "tc"}`` -> (D,): the reconstruction NLL's, the KL's (= mean μ)
-    and γ·TC's, TC read from the discriminator as in training (mean logit difference of
-    batch-centred codes when ``centre``, ``loss.disc_centre``: then exactly zero).
+    and γ·TC's, TC read from the discriminator by the training loss's own estimate
+    (:func:`~bcvae.losses.discriminator_tc`; with ``centre``, ``loss.disc_centre``, exactly zero).
     """
     with torch.no_grad():
         mu, logvar = model.encode(x)
@@ -52,33 +52,30 @@ def shift_forces(model: VAE, disc: nn.Module, gamma: float, x: Tensor, eps: Tens
         elif term == "kl":
             value = kl_per_dim(mu_shifted, logvar).sum()
         else:
-            logits = disc(z - z.mean(dim=0, keepdim=True) if centre else z)
-            value = gamma * (logits[:, 0] - logits[:, 1]).mean()
+            value = gamma * discriminator_tc(disc, z, centre)
         (forces[term],) = torch.autograd.grad(value, delta)
     return forces
 
 
-def load_factor_run(run: Path) -> tuple[VAE, nn.Module, float, str, bool]:
-    """The VAE, the discriminator, γ, the likelihood and ``loss.disc_centre`` of a FactorVAE run."""
+def load_factor_run(run: Path) -> tuple[VAE, nn.Module, float, str, bool, int]:
+    """The VAE, the discriminator, γ, the likelihood, ``loss.disc_centre`` and the step of a FactorVAE run."""
     path = checkpoint_path(run)
-    model, cfg, _ = load_model(path, torch.device("cpu"))
+    model, cfg, ckpt = load_model(path, torch.device("cpu"))
     if cfg.loss.objective != "factor":
         raise CheckpointError(f"{run} trains objective {cfg.loss.objective!r}; the forces need "
                               "FactorVAE's discriminator (objective: factor)")
-    ckpt = load_checkpoint(path) if path.name == "checkpoint.pt" else {}
-    if "disc" not in ckpt:
+    if ckpt.get("disc") is None:  # a pretrained directory records it as None
         raise CheckpointError(f"{path} holds no discriminator (a pretrained/ directory keeps the VAE "
                               "only); give the run directory")
     disc = discriminator_for(cfg.loss.objective, cfg.model.z_dim)
     disc.load_state_dict(ckpt["disc"])
-    return model, disc.eval(), cfg.loss.factor_gamma, cfg.loss.likelihood, cfg.loss.disc_centre
+    return model, disc.eval(), cfg.loss.factor_gamma, cfg.loss.likelihood, cfg.loss.disc_centre, ckpt["step"]
 
 
-def report(name: str, step: int, forces: dict[str, np.ndarray], mean_mu: np.ndarray) -> str:
-    """Per-latent forces and their norms over the latents, as text."""
+def report(name: str, step: int, forces: dict[str, np.ndarray]) -> str:
+    """Per-latent forces and their norms over the latents, as text (the KL's force is the mean μ)."""
     total = sum(forces.values())
-    lines = [f"{name} (step {step:,})",
-             "  mean μ      " + " ".join(f"{v:7.2f}" for v in mean_mu)]
+    lines = [f"{name} (step {step:,})"]
     lines += [f"  ∂{term:<3}/∂δ     " + " ".join(f"{v:7.2f}" for v in forces[term]) for term in TERMS]
     norms = ", ".join(f"|{t}| {np.linalg.norm(forces[t]):.2f}" for t in TERMS)
     lines.append(f"  norms: {norms}, |sum| {np.linalg.norm(total):.2f}")
@@ -97,15 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     x = torch.from_numpy(render_dsprites(random_classes(args.images, np.random.default_rng(args.seed))))
     x = x.unsqueeze(1).float()
     for run in args.runs:
-        model, disc, gamma, likelihood, centre = load_factor_run(Path(run))
+        model, disc, gamma, likelihood, centre, step = load_factor_run(Path(run))
         sums = {t: np.zeros(model.z_dim) for t in TERMS}
-        mean_mu = np.zeros(model.z_dim)
         for xb in x.split(1024):  # each term is a batch mean: weigh batches by their size
             eps = torch.randn(len(xb), model.z_dim)
             for t, f in shift_forces(model, disc, gamma, xb, eps, likelihood, centre).items():
                 sums[t] += f.numpy() * len(xb) / len(x)
-            with torch.no_grad():
-                mean_mu += model.encode(xb)[0].sum(0).numpy() / len(x)
-        step = load_checkpoint(checkpoint_path(Path(run)))["step"]
-        print(report(run, step, sums, mean_mu))
+        print(report(run, step, sums))
     return 0
