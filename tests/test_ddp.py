@@ -53,9 +53,12 @@ def logged(run: Path, key: str) -> list[tuple[int, float]]:
     return [(r["step"], r[key]) for r in train.track.read_jsonl(run / "metrics.jsonl") if key in r]
 
 
-@pytest.mark.parametrize("objective", ["capacity", "factor"])
+@pytest.mark.parametrize("objective", ["capacity", "factor", "factor-centred"])
 def test_two_processes_train_like_one(tmp_path, objective):
-    budget = [f"loss.objective={objective}", "train.max_steps=12", "train.batch_size=32", "log.every_train=2",
+    # factor-centred: both the VAE's TC term and D centre the gathered global batch, as one process does
+    loss = ["loss.objective=factor", "loss.disc_centre=true"] if objective == "factor-centred" \
+        else [f"loss.objective={objective}"]
+    budget = [*loss, "train.max_steps=12", "train.batch_size=32", "log.every_train=2",
               "train.steps_per_epoch=6"]  # two epochs: validation and a checkpoint in between
     one = launch(tmp_path / "one", 1, *budget)
     two = launch(tmp_path / "two", 2, *budget)
