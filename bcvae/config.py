@@ -309,10 +309,10 @@ def flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def resume_conflicts(saved: dict, current: Config | dict) -> list[str]:
+def resume_conflicts(saved: dict, current: Config | dict, ignore: tuple[str, ...] = ()) -> list[str]:
     """Keys whose values differ between a checkpoint's config and ``current`` (a Config, or
     a nested dict such as a run's ``config.yaml``), excluding those allowed to change on
-    resume (budgets, logging, device), as ``"key: old -> new"``."""
+    resume (budgets, logging, device) and those in ``ignore``, as ``"key: old -> new"``."""
     current = to_dict(current) if isinstance(current, Config) else current
     # A key newer than either side is no difference while it keeps its default,
     # which reproduces the behaviour the run was trained with.
@@ -322,7 +322,7 @@ def resume_conflicts(saved: dict, current: Config | dict) -> list[str]:
     return [
         f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
         for k in keys
-        if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES)
+        if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_CHANGES) and k not in ignore
     ]
 
 

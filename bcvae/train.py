@@ -74,6 +74,16 @@ def lr_at(train_cfg, epoch: int) -> float:
     return train_cfg.lr * train_cfg.lr_decay ** n
 
 
+def precision(amp: str, device_type: str) -> str:
+    """The arithmetic of a training step under ``train.amp`` on a device of ``device_type``:
+    ``bf16+tf32`` (CUDA: bf16 autocast, TF32 for what it leaves in float32), ``bf16`` (CPU
+    autocast), or ``float32`` (strict: ``off`` anywhere, ``auto`` off CUDA)."""
+    cuda = device_type == "cuda"
+    if amp == "bf16" or (amp == "auto" and cuda):
+        return "bf16+tf32" if cuda else "bf16"
+    return "float32"
+
+
 def sample_posterior(model: VAE, x: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
     """z ~ q(z|x), ``(B, 1, 64, 64)`` -> ``(B, D)``; ``eps`` ``(B, D)`` defaults to fresh noise."""
     return model.reparameterise(*model.encode(x), eps)
@@ -105,10 +115,11 @@ class Trainer:
         if self.rank:
             log.setLevel(logging.WARNING)  # one process reports progress; warnings still show
         self.device = self._device()
+        self.precision = precision(cfg.train.amp, self.device.type)
         if self.device.type == "cuda":
             # TF32 for what autocast leaves in float32; train.amp=off keeps strict float32, which
             # must be said for convolutions too: cuDNN allows TF32 unless told otherwise
-            tf32 = cfg.train.amp != "off"
+            tf32 = "tf32" in self.precision
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
         if cfg.train.threads:
             torch.set_num_threads(cfg.train.threads)
@@ -192,9 +203,7 @@ class Trainer:
             return self.model_ddp
 
     def _amp(self):
-        amp = self.cfg.train.amp
-        use = amp == "bf16" or (amp == "auto" and self.device.type == "cuda")
-        if not use:
+        if not self.precision.startswith("bf16"):
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
@@ -229,13 +238,21 @@ class Trainer:
         self._checkpoint()
 
     def _restore(self, ckpt: dict) -> None:
-        conflicts = config_mod.resume_conflicts(ckpt["config"], self.cfg)
+        # train.amp may change where the arithmetic does not: `off` on a GPU and `auto` on a CPU are
+        # both float32, while `auto` is bf16 on the GPU and float32 on the CPU. Checkpoints that
+        # record the precision are compared by it; older ones by train.amp as written.
+        trained = ckpt.get("precision")
+        ignore = ("train.amp",) if trained is not None else ()
+        conflicts = config_mod.resume_conflicts(ckpt["config"], self.cfg, ignore)
+        if trained is not None and trained != self.precision:
+            conflicts.append(f"arithmetic: {trained!r} -> {self.precision!r} (train.amp={self.cfg.train.amp!r} "
+                             f"on {self.device.type}; 'off' is float32 on every device)")
         if conflicts:
             raise TrainingError(
                 f"{self.ckpt_path} was trained with a different config ({'; '.join(conflicts[:5])}); "
                 "resume with the original settings, or start over with FRESH=1 (make) / --fresh")
         if self.rank == 0:
-            self._check_config_record(ckpt["config"])
+            self._check_config_record(ckpt["config"], ignore)
             config_mod.save(self.cfg, self.dir / "config.yaml")  # the record follows resumable changes
         try:
             self.model.load_state_dict(ckpt["model"])
@@ -260,7 +277,7 @@ class Trainer:
                                      default=-math.inf)
         log.info("resuming %s at step %d (epoch %d)", self.ckpt_path, self.step, self.epoch)
 
-    def _check_config_record(self, trained: dict) -> None:
+    def _check_config_record(self, trained: dict, ignore: tuple[str, ...] = ()) -> None:
         """The run directory's ``config.yaml`` is a record of the config the checkpoint was trained
         with; a hand edit there would otherwise be silently ignored. Refuse it, naming the keys."""
         path = self.dir / "config.yaml"
@@ -273,7 +290,7 @@ class Trainer:
         if not isinstance(record, dict):
             raise config_mod.ConfigError(f"{path} is not a readable config; delete it (it is rewritten "
                                          "from the checkpoint's config) and run again")
-        edited = config_mod.resume_conflicts(trained, record)
+        edited = config_mod.resume_conflicts(trained, record, ignore)
         if edited:
             raise config_mod.ConfigError(
                 f"{path} was edited ({'; '.join(edited[:5])}) but the run's checkpoint was trained with the "
@@ -312,6 +329,7 @@ class Trainer:
             "disc_opt": self.disc_opt.state_dict() if self.disc_opt is not None else None,
             "step": self.step, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
             "warm_start_end": self.warm_start_end,
+            "precision": self.precision,   # train.amp resolved on this device (see precision())
             # The data order is epoch_order(n, seed, epoch): (seed, epoch, step_in_epoch) restore it.
             "data_order": {"seed": self.cfg.seed, "epoch": self.epoch, "step_in_epoch": self.step_in_epoch},
             "rng": rng_state(),

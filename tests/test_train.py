@@ -272,6 +272,39 @@ def test_resume_with_a_different_config_is_refused_then_fresh_starts_over(tmp_pa
     assert checkpoint.load_checkpoint(train.run_dir_for(cfg) / "checkpoint.pt")["config"]["train"]["lr"] == 1e-3
 
 
+@pytest.mark.parametrize("amp, device, arithmetic", [
+    ("auto", "cuda", "bf16+tf32"), ("bf16", "cuda", "bf16+tf32"), ("off", "cuda", "float32"),
+    ("auto", "cpu", "float32"), ("bf16", "cpu", "bf16"), ("off", "cpu", "float32"),
+])
+def test_precision_resolves_train_amp_on_each_device(amp, device, arithmetic):
+    assert train.precision(amp, device) == arithmetic
+
+
+def test_resume_compares_the_arithmetic_not_the_spelling_of_train_amp(tmp_path):
+    # A run trained with train.amp=off (as on a GPU) resumes on this CPU with the default
+    # train.amp=auto: both are float32 here, so the run goes on and its record follows.
+    cfg = load(tmp_path, "train.max_steps=3", "train.amp=off")
+    train.train(cfg)
+    path = train.run_dir_for(cfg) / "checkpoint.pt"
+    assert checkpoint.load_checkpoint(path)["precision"] == "float32"
+    train.train(load(tmp_path, "train.max_steps=5"))
+    assert checkpoint.load_checkpoint(path)["step"] == 5
+    assert config.load(path.parent / "config.yaml").train.amp == "auto"
+    # bf16 on this CPU is other arithmetic: refused, naming both
+    with pytest.raises(errors.TrainingError, match=r"arithmetic: 'float32' -> 'bf16' \(train\.amp='bf16' on cpu"):
+        train.Trainer(load(tmp_path, "train.max_steps=7", "train.amp=bf16"))
+    # a checkpoint from a GPU's bf16 autocast does not silently go on in float32 here
+    ckpt = checkpoint.load_checkpoint(path)
+    checkpoint.save_checkpoint(path, {**ckpt, "precision": "bf16+tf32"})
+    with pytest.raises(errors.TrainingError, match=r"arithmetic: 'bf16\+tf32' -> 'float32'"):
+        train.Trainer(load(tmp_path, "train.max_steps=7"))
+    # a checkpoint that predates the record is compared by train.amp as written
+    del ckpt["precision"]
+    checkpoint.save_checkpoint(path, ckpt)
+    with pytest.raises(errors.TrainingError, match=r"train\.amp: 'auto' -> 'off'"):
+        train.Trainer(load(tmp_path, "train.max_steps=7", "train.amp=off"))
+
+
 def test_truncated_and_foreign_checkpoints_are_refused(tmp_path):
     cfg = load(tmp_path, "train.max_steps=3")
     train.train(cfg)
