@@ -25,6 +25,16 @@ from bcvae.errors import ArgumentParser
 log = logging.getLogger("bcvae")
 
 
+# Commands with an argument parser of their own (``bcvae reproduce --help``), routed before the
+# main parser reads anything (:func:`_route`); listed in it only so that ``bcvae --help`` names them.
+OWN_PARSERS = {
+    "reproduce": "train and evaluate the comparison experiments: results/ and the README's tables",
+    "plateau": "the mean-image plateau study of the capacity objective",
+    "tc-bias": "how β-TCVAE's minibatch estimates of a run's TC depend on the batch size",
+    "shift-forces": "the force of each FactorVAE loss term on a shift common to every code",
+}
+
+
 def _parser() -> ArgumentParser:
     p = ArgumentParser(prog="bcvae", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -59,6 +69,8 @@ def _parser() -> ArgumentParser:
     ex = sub.add_parser("export", help="copy a finished, evaluated run's weights into a pretrained directory")
     ex.add_argument("run", help="run directory (runs/<exp>/fold<k>) with eval.json of its final checkpoint")
     ex.add_argument("out", help="pretrained/<experiment>")
+    for name, text in OWN_PARSERS.items():
+        sub.add_parser(name, help=f"{text} (bcvae {name} --help)", add_help=False)
     return p
 
 

@@ -190,3 +190,16 @@ def test_eval_says_what_it_is_doing(copied_run):
     assert proc.returncode == 0, proc.stderr
     for stage in ("sampling 500 + 250 points", "metric mig done in", "metric sap done in"):
         assert stage in proc.stderr, proc.stderr
+
+
+def test_help_names_every_command_and_each_own_parser_answers_its_help(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["--help"])
+    assert exit_.value.code == 0
+    listed = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for name in cli.OWN_PARSERS:
+        assert f"bcvae {name} --help" in listed, name
+        with pytest.raises(SystemExit) as exit_:
+            cli.main([name, "--help"])
+        assert exit_.value.code == 0
+        assert capsys.readouterr().out.startswith(f"usage: bcvae {name} "), name  # its own parser, not the stub
