@@ -156,7 +156,7 @@ def latent_report(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="bcvae reproduce", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="bcvae reproduce", description=" ".join(__doc__.split("\n\n")[0].split()))  # first paragraph
     p.add_argument("--budget", choices=sorted(EXPERIMENTS), default="cpu")
     p.add_argument("--experiments", default="", help="comma-separated subset (default: all of the budget's)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated, e.g. 0,1,2")
