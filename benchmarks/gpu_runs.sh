@@ -12,11 +12,14 @@
 #             so the numbers compare with the CPU runs and are evaluated where they land)
 #   RUNS      the runs folder (default: a new temporary one); unpacked tarballs there resume
 #   FIT_BYTES checkpoints above this size are cut down before packing (default 14 MiB)
+#   PART_BYTES if set, nothing is cut: a tarball above this size comes back as NAME.tar.gz.part00,
+#             .part01, ... (join them: `cat NAME.tar.gz.part* > NAME.tar.gz`), so an unfinished
+#             FactorVAE run (~52 MB) resumes here; 15M keeps one run within the 8 files and 64 MiB
 # Example (benchmarks/README.md, "Full-length runs on a lent GPU"):
 #   bash benchmarks/gpu_runs.sh 450 capacity25-seed2=capacity25:2 factorvae-seed3=factorvae:3:100000
 set -uo pipefail
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 [[ $# -ge 2 && $1 =~ ^[0-9]+$ ]] || usage
 seconds=$1; shift
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -89,8 +92,12 @@ for i in "${!pids[@]}"; do
   echo "$name: exit $rc after ${SECONDS}s; last metrics line: ${last:-none}" >>"$logf"
   tr '\r' '\n' <"$RESULTS/$name.log" | grep -v '^ *$' | tail -n 5 >>"$logf"
   mkdir -p "$runs/$name" && mv "$RESULTS/$name.log" "$runs/$name/train.log"  # $OUT returns 8 files at most
-  fit "$runs/$name/fold0/checkpoint.pt" >>"$logf" 2>&1
+  [[ -n ${PART_BYTES:-} ]] || fit "$runs/$name/fold0/checkpoint.pt" >>"$logf" 2>&1
   tar czf "$RESULTS/$name.tar.gz" -C "$runs" --exclude=wandb --exclude=media "$name" 2>>"$logf"
+  if [[ -n ${PART_BYTES:-} ]] && (( $(stat -c %s "$RESULTS/$name.tar.gz") > $(numfmt --from=iec "$PART_BYTES") )); then
+    split -b "$PART_BYTES" -d -a 2 "$RESULTS/$name.tar.gz" "$RESULTS/$name.tar.gz.part" && rm "$RESULTS/$name.tar.gz"
+    echo "$name: packed in $(ls "$RESULTS/$name".tar.gz.part* | wc -l) parts of at most $PART_BYTES" >>"$logf"
+  fi
 done
 date -u +"end %FT%TZ" >>"$logf"
 cat "$logf"

@@ -96,3 +96,28 @@ def test_checkpoints_too_large_to_return_keep_the_vae_when_finished_and_go_when_
     cut = unpack(tmp_path, "cut", tmp_path / "back")
     assert not (cut / "checkpoint.pt").exists()
     assert (cut / "metrics.jsonl").stat().st_size > 0
+
+
+def test_with_part_bytes_an_unfinished_factorvae_comes_back_whole_in_parts_and_resumes(tmp_path):
+    extra = (f"data.subset=2000 train.epochs=1000 data.cache_dir={tmp_path / 'data'} "
+             "log.wandb_mode=disabled log.progress=false eval.at_end=false")
+    r = gpu_runs(tmp_path, 20, "fv=factorvae:0", PART_BYTES="20M", EXTRA=extra)
+    assert r.returncode == 0, r.stdout + r.stderr
+    parts = sorted((tmp_path / "out").glob("fv.tar.gz.part*"))
+    assert [p.name for p in parts] == ["fv.tar.gz.part00", "fv.tar.gz.part01", "fv.tar.gz.part02"]
+    assert all(p.stat().st_size <= 20 * 2**20 for p in parts)
+    assert not (tmp_path / "out" / "fv.tar.gz").exists()
+    assert "fv: packed in 3 parts of at most 20M" in (tmp_path / "out" / "gpu_runs.log").read_text()
+
+    (tmp_path / "out" / "fv.tar.gz").write_bytes(b"".join(p.read_bytes() for p in parts))
+    fv = unpack(tmp_path, "fv", tmp_path / "back")
+    from bcvae import checkpoint
+
+    ckpt = checkpoint.load_checkpoint(fv / "checkpoint.pt")
+    assert "disc" in ckpt and "disc_opt" in ckpt  # nothing cut: the discriminator resumes too
+    stopped = ckpt["step"]
+    r = gpu_runs(tmp_path, 120, f"fv=factorvae:0:{stopped + 3}", RUNS=str(tmp_path / "back"),
+                 RESULTS=str(tmp_path / "out2"), EXTRA=extra)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"resuming {fv / 'checkpoint.pt'} at step {stopped}" in (fv.parent / "train.log").read_text()
+    assert step_of(fv) == stopped + 3
