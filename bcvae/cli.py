@@ -1,4 +1,4 @@
-"""Command line: ``bcvae train|cv|eval|data|sweep|plots|reproduce|plateau|tc-bias|shift-forces`` (also ``python -m bcvae``).
+"""Command line: ``bcvae train|cv|eval|data|sweep|plots|reproduce|plateau|tc-bias|shift-forces|decoded-factors`` (also ``python -m bcvae``).
 
 Every command shares one error boundary (:func:`main`). Exit codes: 0 success;
 2 a user mistake (config, argument, edited run record), one line naming the file,
@@ -32,6 +32,7 @@ OWN_PARSERS = {
     "plateau": "the mean-image plateau study of the capacity objective",
     "tc-bias": "how β-TCVAE's minibatch estimates of a run's TC depend on the batch size",
     "shift-forces": "the force of each FactorVAE loss term on a shift common to every code",
+    "decoded-factors": "which factors a model's reconstructions draw, read back from the picture",
 }
 
 
@@ -130,6 +131,10 @@ def _route(argv: list[str]) -> int:
         from bcvae import shift_forces
 
         return shift_forces.main(argv[1:])
+    if argv[:1] == ["decoded-factors"]:  # likewise: bcvae decoded-factors --help
+        from bcvae import decoded_factors
+
+        return decoded_factors.main(argv[1:])
     return _dispatch(_parser().parse_args(argv))
 
 

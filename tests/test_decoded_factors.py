@@ -1,0 +1,116 @@
+"""Which factors a reconstruction draws (bcvae.decoded_factors), against decoders whose answer is known:
+one that draws the image exactly, one blind to orientation, one that draws every sprite a column off."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from bcvae.data import render_dsprites
+from bcvae.data.render import FACTOR_NAMES
+from bcvae.decoded_factors import angle_error, decoded_factors
+from bcvae.latents import random_classes
+
+ORIENTATION, POSX = (FACTOR_NAMES.index(f) for f in ("orientation", "posX"))
+
+
+def decoder_of(classes, change=None):
+    """Wrap a whole set of classes: the reconstruct gets the rendered batch and draws from its classes."""
+    batches = {}
+    for start in range(0, len(classes), 128):   # decoded_factors' default chunk
+        part = classes[start:start + 128]
+        batches[render_dsprites(part).tobytes()] = part
+
+    def reconstruct(images):
+        part = batches[images.tobytes()].copy()
+        drawn = render_dsprites(change(part) if change else part)
+        return torch.from_numpy(drawn).float() * 60 - 30   # sure logits: ±30
+    return reconstruct
+
+
+def test_angle_error_counts_each_shapes_symmetry():
+    square, ellipse, heart = 0, 1, 2
+    # class o is 360·o/39 degrees: ten classes are 92.3°, twenty 184.6°, thirteen 120°
+    assert angle_error(10, 0, np.array(square)) == pytest.approx(360 * 10 / 39 - 90)
+    assert angle_error(20, 0, np.array(ellipse)) == pytest.approx(360 * 20 / 39 - 180)
+    assert angle_error(13, 0, np.array(heart)) == pytest.approx(120.0)
+    assert angle_error(39, 0, np.array(heart)) == pytest.approx(0.0, abs=1e-9)   # 2π is 0
+    assert angle_error(5, 0, np.array(square)) == pytest.approx(90 - 360 * 5 / 39)
+
+
+@pytest.mark.parametrize("likelihood", ["bernoulli", "gaussian"])
+def test_an_exact_decoder_draws_every_factor(likelihood):
+    classes = random_classes(60, np.random.default_rng(1))
+    result = decoded_factors(decoder_of(classes), classes, likelihood=likelihood)
+    for factor in ("shape", "scale", "orientation", "posX", "posY"):
+        assert result[factor]["accuracy"] == 1.0, factor
+    assert result["orientation"]["angle_error"] == 0.0
+    # every shape, scale and position gives another picture: a blind pick is right 1/3, 1/6, 1/32 of the time
+    assert result["shape"]["chance"] == pytest.approx(1 / 3)
+    assert result["scale"]["chance"] == pytest.approx(1 / 6)
+    assert result["posX"]["chance"] == pytest.approx(1 / 32)
+    assert sum(v["images"] for v in result["shape"]["by_shape"].values()) == 60
+
+
+def test_a_decoder_blind_to_orientation_scores_near_chance():
+    # one heart at all 40 orientations; the decoder always draws it unturned. Only classes 0 and 39
+    # (0 and 2π) are that picture, so it is right 2 times in 40. A uniformly random pick (chance)
+    # is right 2/40 of the time for those two hearts and 1/40 for the other 38: 42/1600.
+    classes = np.tile(np.array([0, 2, 3, 0, 16, 16]), (40, 1))
+    classes[:, ORIENTATION] = np.arange(40)
+
+    def unturned(c):
+        c[:, ORIENTATION] = 0
+        return c
+    result = decoded_factors(decoder_of(classes, unturned), classes, factors=("orientation",))
+    assert result["orientation"]["accuracy"] == pytest.approx(2 / 40)
+    assert result["orientation"]["chance"] == pytest.approx(42 / 1600)
+    # its pick is always class 0, so its angle off is each heart's turn folded into [0°, 180°]
+    turns = np.arange(40) * 360 / 39
+    assert result["orientation"]["angle_error"] == pytest.approx(np.minimum(turns, 360 - turns).mean())
+    assert result["orientation"]["angle_error_chance"] == pytest.approx(90, abs=0.5)   # a random turn: 90° off
+
+
+def test_a_decoder_that_draws_a_column_off_never_draws_posx():
+    classes = random_classes(50, np.random.default_rng(2))
+    classes[:, POSX] = np.minimum(classes[:, POSX], 30)
+
+    def shifted(c):
+        c[:, POSX] += 1
+        return c
+    result = decoded_factors(decoder_of(classes, shifted), classes, factors=("posX",))
+    assert result["posX"]["accuracy"] == 0.0   # it always prefers the column it drew
+
+
+def test_bad_input_is_named():
+    classes = random_classes(4, np.random.default_rng(0))
+    with pytest.raises(ValueError, match=r"\(N, 6\)"):
+        decoded_factors(decoder_of(classes), classes[:, :5])
+    with pytest.raises(ValueError, match="colour"):
+        decoded_factors(decoder_of(classes), classes, factors=("colour",))
+    with pytest.raises(ValueError, match="reconstruct returned shape"):
+        decoded_factors(lambda x: torch.zeros(len(x), 32, 32), classes)
+
+
+def test_cli_reports_a_trained_run(smoke_run, tmp_path, capsys):
+    from bcvae import cli
+
+    out = tmp_path / "decoded.json"
+    assert cli.main(["decoded-factors", str(smoke_run), "--images", "24", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "| run | shape | scale | orientation | posX | posY |" in text and "| run | square | ellipse | heart |" in text
+    saved = json.loads(out.read_text())
+    assert saved["images"] == 24 and list(saved["runs"]) == [str(smoke_run)]
+    for factor, result in saved["runs"][str(smoke_run)].items():
+        assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 < result["chance"] <= 1.0, factor
+
+
+def test_cli_refuses_no_images_in_one_line(smoke_run, capsys):
+    from bcvae import cli
+
+    assert cli.main(["decoded-factors", str(smoke_run), "--images", "0"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--images" in err[0], err
