@@ -33,6 +33,8 @@ Reconstruct = Callable[[np.ndarray], torch.Tensor]
 
 FACTORS = ("shape", "scale", "orientation", "posX", "posY")
 SHAPES = ("square", "ellipse", "heart")
+ORDERED = ("scale", "posX", "posY")
+"""Factors whose classes are ordered steps: their miss is also given in classes."""
 SYMMETRY_DEG = (90.0, 180.0, 360.0)
 """The turn after which each shape (``SHAPES`` order) looks the same again."""
 
@@ -101,7 +103,8 @@ def decoded_factors(reconstruct: Reconstruct, classes: np.ndarray, *, likelihood
     Orientation adds ``angle_error`` and ``angle_error_chance``: the mean angle (degrees, up to
     the shape's symmetry) between the preferred and the true orientation, and its mean over
     all candidates. A square's classes ten apart are 2.3° apart, so its exact-picture accuracy
-    asks for a few edge pixels; the angle does not.
+    asks for a few edge pixels; the angle does not. Scale and the positions add
+    ``class_error`` and ``class_error_chance``: the mean number of classes the pick is off.
     """
     classes = np.asarray(classes)
     if classes.ndim != 2 or classes.shape[1] != len(FACTOR_NAMES):
@@ -123,11 +126,14 @@ def decoded_factors(reconstruct: Reconstruct, classes: np.ndarray, *, likelihood
     for f in factors:
         pick, hit, share = (np.concatenate(c) for c in zip(*rows[f]))
         values = {"accuracy": hit, "chance": share}
+        true = classes[:, FACTOR_NAMES.index(f)]
+        every = np.arange(FACTOR_SIZES[FACTOR_NAMES.index(f)])
         if f == "orientation":
-            true = classes[:, FACTOR_NAMES.index(f)]
-            every = np.arange(FACTOR_SIZES[FACTOR_NAMES.index(f)])
             values["angle_error"] = angle_error(pick, true, shape)
             values["angle_error_chance"] = angle_error(every[None], true[:, None], shape[:, None]).mean(axis=1)
+        elif f in ORDERED:
+            values["class_error"] = np.abs(pick - true).astype(float)
+            values["class_error_chance"] = np.abs(every[None] - true[:, None]).mean(axis=1)
         out[f] = _summary(values, shape)
     return out
 
@@ -161,12 +167,14 @@ def markdown(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def angle_markdown(rows: dict[str, dict]) -> str:
-    """Mean orientation error in degrees (chance) by shape, one row per run."""
-    lines = ["| run | " + " | ".join(SHAPES) + " |", "|---|" + "---:|" * len(SHAPES)]
+def miss_markdown(rows: dict[str, dict]) -> str:
+    """How far the picks miss (chance): scale and positions in classes, each shape's turn in degrees."""
+    lines = ["| run | scale | posX | posY | " + " | ".join(f"{s} °" for s in SHAPES) + " |", "|---|" + "---:|" * 6]
     for run, result in rows.items():
-        by = result["orientation"]["by_shape"]
-        cells = [f"{by[s]['angle_error']:.1f} ({by[s]['angle_error_chance']:.1f})" if s in by else "" for s in SHAPES]
+        cells = [f"{result[f]['class_error']:.2f} ({result[f]['class_error_chance']:.2f})" if f in result else ""
+                 for f in ORDERED]
+        by = result["orientation"]["by_shape"] if "orientation" in result else {}
+        cells += [f"{by[s]['angle_error']:.1f} ({by[s]['angle_error_chance']:.1f})" if s in by else "" for s in SHAPES]
         lines.append(f"| {run} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -195,8 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         rows[run] = decoded_factors(model_reconstruct(model, latents), classes, likelihood=cfg.loss.likelihood)
     print(f"{args.images:,} images (seed {args.seed}); accuracy of the reconstruction's pick (chance):")
     print(markdown(rows))
-    print("orientation, mean angle off up to each shape's symmetry, degrees (chance):")
-    print(angle_markdown(rows))
+    print("mean miss of the pick (chance): classes of scale and position; degrees of each shape's turn, "
+          "up to its symmetry:")
+    print(miss_markdown(rows))
     if args.out:
         record = {"images": args.images, "seed": args.seed, "latents": latents, "runs": rows}
         Path(args.out).write_text(json.dumps(record, indent=1) + "\n")

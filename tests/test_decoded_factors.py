@@ -48,6 +48,7 @@ def test_an_exact_decoder_draws_every_factor(likelihood):
     for factor in ("shape", "scale", "orientation", "posX", "posY"):
         assert result[factor]["accuracy"] == 1.0, factor
     assert result["orientation"]["angle_error"] == 0.0
+    assert result["scale"]["class_error"] == result["posY"]["class_error"] == 0.0
     # every shape, scale and position gives another picture: a blind pick is right 1/3, 1/6, 1/32 of the time
     assert result["shape"]["chance"] == pytest.approx(1 / 3)
     assert result["scale"]["chance"] == pytest.approx(1 / 6)
@@ -82,7 +83,11 @@ def test_a_decoder_that_draws_a_column_off_never_draws_posx():
         c[:, POSX] += 1
         return c
     result = decoded_factors(decoder_of(classes, shifted), classes, factors=("posX",))
-    assert result["posX"]["accuracy"] == 0.0   # it always prefers the column it drew
+    assert result["posX"]["accuracy"] == 0.0   # it always prefers the column it drew,
+    assert result["posX"]["class_error"] == 1.0   # one class off
+    # a random pick among 32 columns is off by the mean of |v − x| over v
+    expected = np.abs(np.arange(32)[None] - classes[:, POSX][:, None]).mean()
+    assert result["posX"]["class_error_chance"] == pytest.approx(expected)
 
 
 def test_bad_input_is_named():
@@ -101,7 +106,7 @@ def test_cli_reports_a_trained_run(smoke_run, tmp_path, capsys):
     out = tmp_path / "decoded.json"
     assert cli.main(["decoded-factors", str(smoke_run), "--images", "24", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "| run | shape | scale | orientation | posX | posY |" in text and "| run | square | ellipse | heart |" in text
+    assert "| run | shape | scale | orientation | posX | posY |" in text and "| run | scale | posX | posY | square ° | ellipse ° | heart ° |" in text
     saved = json.loads(out.read_text())
     assert saved["images"] == 24 and list(saved["runs"]) == [str(smoke_run)]
     for factor, result in saved["runs"][str(smoke_run)].items():
