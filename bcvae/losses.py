@@ -222,7 +222,7 @@ def tc_decomposition(z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int,
     ``_log_mss_weights``: consistent (exact as B → N), but at B ≪ N a batch misses the
     dataset neighbours whose posteriors overlap each z_i, so log q(z) reads low and TC with
     it: −0.56 nats at B = 64 on a code whose TC is exactly 0 (tests/test_losses.py), and on
-    the trained β-TCVAE of README "Full length" −3.4 nats at B = 64, −1.0 at B = 4096
+    the trained β-TCVAE of docs/full_length.md −3.4 nats at B = 64, −1.0 at B = 4096
     (``bcvae tc-bias``).
     MI + TC + dw-KL equals the Monte-Carlo KL  E[log q(z|x) − log p(z)]  under either.
 
