@@ -113,9 +113,27 @@ def test_cli_reports_a_trained_run(smoke_run, tmp_path, capsys):
         assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 < result["chance"] <= 1.0, factor
 
 
-def test_cli_refuses_no_images_in_one_line(smoke_run, capsys):
+@pytest.mark.parametrize("args, message", [(["--images", "0"], "--images"), (["--latents", "1,x"], "--latents"),
+                                           (["--latents", "0,99"], "latents 0 to")])
+def test_cli_refuses_bad_arguments_in_one_line(smoke_run, capsys, args, message):
     from bcvae import cli
 
-    assert cli.main(["decoded-factors", str(smoke_run), "--images", "0"]) == 2
+    assert cli.main(["decoded-factors", str(smoke_run), "--images", "4", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--images" in err[0], err
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_decoding_from_no_latents_draws_every_image_alike():
+    from bcvae.decoded_factors import model_reconstruct
+    from bcvae.model import VAE
+
+    torch.manual_seed(0)
+    model = VAE(10).eval()
+    images = render_dsprites(random_classes(3, np.random.default_rng(0)))
+    with torch.no_grad():
+        every = model_reconstruct(model)(images)
+        none = model_reconstruct(model, latents=[])(images)
+        one = model_reconstruct(model, latents=[4])(images)
+    assert every.shape == (3, 64, 64)
+    assert torch.equal(none[0], none[1]) and torch.equal(none[0], none[2])   # all see the prior's mean
+    assert not torch.equal(every[0], every[1]) and not torch.equal(one[0], one[1])
