@@ -143,17 +143,18 @@ def model_reconstruct(model: torch.nn.Module, latents: Sequence[int] | None = No
 
     latents : decode from these latents only, every other set to the prior's mean 0 (all by default).
     """
+    device = next(model.parameters()).device
     keep = None
     if latents is not None:
-        keep = torch.zeros(model.z_dim, dtype=torch.bool)
+        keep = torch.zeros(model.z_dim, dtype=torch.bool, device=device)
         keep[list(latents)] = True
 
     def reconstruct(images: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(images).unsqueeze(1).float()
+        x = torch.from_numpy(images).to(device).unsqueeze(1).float()
         mu, _ = model.encode(x)
         if keep is not None:
             mu = torch.where(keep, mu, torch.zeros_like(mu))
-        return model.decode(mu).squeeze(1)
+        return model.decode(mu).squeeze(1).cpu()   # compared with candidates rendered on the CPU
     return reconstruct
 
 
