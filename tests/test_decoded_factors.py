@@ -107,8 +107,10 @@ def test_cli_reports_a_trained_run(smoke_run, tmp_path, capsys):
     assert cli.main(["decoded-factors", str(smoke_run), "--images", "24", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "| run | shape | scale | orientation | posX | posY |" in text and "| run | scale | posX | posY | square ° | ellipse ° | heart ° |" in text
+    assert "| latent | KL (nats) | posterior sd | code sd | decoder gain |" in text
     saved = json.loads(out.read_text())
     assert saved["images"] == 24 and list(saved["runs"]) == [str(smoke_run)]
+    assert len(saved["latent_reading"][str(smoke_run)]["decoder_gain"]) == 10   # smoke.yaml: ten latents
     for factor, result in saved["runs"][str(smoke_run)].items():
         assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 < result["chance"] <= 1.0, factor
 
@@ -137,3 +139,40 @@ def test_decoding_from_no_latents_draws_every_image_alike():
     assert every.shape == (3, 64, 64)
     assert torch.equal(none[0], none[1]) and torch.equal(none[0], none[2])   # all see the prior's mean
     assert not torch.equal(every[0], every[1]) and not torch.equal(one[0], one[1])
+
+
+class _LinearModel(torch.nn.Module):
+    """μ = the image's mean brightness times a, log σ² = b; logits = W z: every answer is known."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.a = torch.nn.Parameter(torch.tensor([3.0, -1.0, 0.0]))
+        self.b = torch.nn.Parameter(torch.tensor([-4.0, 0.0, -1.0]))
+        self.W = torch.nn.Parameter(torch.randn(64 * 64, 3, generator=g))
+
+    def encode(self, x):
+        brightness = x.flatten(1).mean(dim=1, keepdim=True) * 10
+        return brightness * self.a, self.b.expand(len(x), 3)
+
+    def decode(self, z):
+        return (z @ self.W.T).view(len(z), 1, 64, 64)
+
+
+def test_latent_reading_of_a_linear_model():
+    from torch.distributions import Normal, kl_divergence
+
+    from bcvae.decoded_factors import latent_reading
+
+    model = _LinearModel()
+    images = render_dsprites(random_classes(40, np.random.default_rng(3)))
+    reading = latent_reading(model, images, chunk=16)
+    with torch.no_grad():
+        mu, logvar = model.encode(torch.from_numpy(images).unsqueeze(1).float())
+        sd = torch.exp(0.5 * logvar)
+        kl = kl_divergence(Normal(mu, sd), Normal(0.0, 1.0)).mean(0)
+        gain = model.W.norm(dim=0)   # a linear decoder's gain on z_j is its column's norm, at every z
+    np.testing.assert_allclose(reading["kl"], kl.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(reading["posterior_sd"], np.exp(0.5 * np.array([-4.0, 0.0, -1.0])), rtol=1e-6)
+    np.testing.assert_allclose(reading["code_sd"], mu.std(0).numpy(), rtol=1e-5)
+    np.testing.assert_allclose(reading["decoder_gain"], gain.numpy(), rtol=1e-5)
