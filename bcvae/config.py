@@ -103,6 +103,11 @@ class LossConfig:
     """Capacity objective: > 0 = the β = 1 warm start lasts past ``warm_start_steps`` until a training
     batch's I(x; z) reaches this many nats (the decoder reads z); γ's warm-up starts from that step.
     0 = the warm start ends at ``warm_start_steps`` whatever the decoder does."""
+    latent_kl_max: float = 0.0
+    """Capacity objective: > 0 = also γ·Σ_j max(0, KL_j − latent_kl_max), so no latent holds more than
+    this many nats and, once the latents in use are full, KL reaches C only through a further latent.
+    Not in the paper: without it the constraint is met by ever narrower posteriors of the latents
+    already on (docs/full_length.md, "Where the constraint puts each new nat"). 0 = off (the paper)."""
     kl_scale: str = "none"
     """Capacity objective: ``none`` (γ·|KL − C|, the papers) or ``batch_over_n`` (γ·(B/N)·|KL − C|, the
     original implementation's scaling, N = training-set size: it makes the capacity term ~1000× weaker)."""
@@ -488,7 +493,12 @@ def validate(cfg: Config, source: str) -> None:
            f"a warm start belongs to the capacity objective only (loss.objective is {l.objective!r})")
     _check(l.kl_scale == "none" or l.objective == "capacity", source, "loss.kl_scale",
            f"{l.kl_scale!r} scales the capacity objective only (loss.objective is {l.objective!r})")
-    for key in ("beta", "gamma", "c_max", "factor_gamma", "tc_alpha", "tc_beta", "tc_gamma", "warm_start_until_mi"):
+    _check(l.latent_kl_max == 0 or l.objective == "capacity", source, "loss.latent_kl_max",
+           f"a per-latent cap belongs to the capacity objective only (loss.objective is {l.objective!r})")
+    _check(l.latent_kl_max == 0 or l.latent_kl_max * m.z_dim >= l.c_max, source, "loss.latent_kl_max",
+           f"{m.z_dim} latents of at most {l.latent_kl_max} nats cannot hold C_max = {l.c_max} nats")
+    for key in ("beta", "gamma", "c_max", "factor_gamma", "tc_alpha", "tc_beta", "tc_gamma", "warm_start_until_mi",
+                "latent_kl_max"):
         value = getattr(l, key)
         _check(math.isfinite(value) and value >= 0, source, f"loss.{key}", f"must be finite and >= 0, got {value}")
     _check(l.c_steps >= 1, source, "loss.c_steps", f"must be >= 1, got {l.c_steps}")

@@ -324,6 +324,9 @@ def _regulariser(loss_cfg: Any, mu: Tensor, logvar: Tensor, z: Tensor, kl: Tenso
             if dataset_size is None:
                 raise ValueError("loss.kl_scale 'batch_over_n' needs dataset_size (the training-split size)")
             gamma = gamma * mu.shape[0] / dataset_size
+        if loss_cfg.latent_kl_max > 0:            # no latent above latent_kl_max nats (not in the paper)
+            excess = (kl_per_dim(mu, logvar) - loss_cfg.latent_kl_max).clamp(min=0).sum()
+            return gamma * (gap + excess), {**terms, "gamma": gamma, "kl_excess": excess}
         return gamma * gap, {**terms, "gamma": gamma}
     if objective == "factor":
         if discriminator is None:
@@ -346,6 +349,7 @@ def vae_loss(loss_cfg: Any, x: Tensor, logits: Tensor, mu: Tensor, logvar: Tenso
 
     * ``"beta"``     rec + β·KL                          (Higgins et al. 2017, eq. 4)
     * ``"capacity"`` rec + γ·|KL − C(step)|               (Burgess et al. 2018, eq. 8); optionally
+      + γ·Σ_j max(0, KL_j − ``latent_kl_max``), a cap on each latent (not in the paper);
       γ warmed up from 0 (``gamma_warmup_steps``) or the plain ELBO for ``warm_start_steps``
       (``warm_end``, when given, is the step the β = 1 warm start ends at instead: the step a
       conditional warm start ended, ``math.inf`` while it lasts; see ``warm_start_over``);

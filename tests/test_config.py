@@ -72,6 +72,7 @@ def test_wrong_types(tmp_path, text, key):
     ("data.fold=-1", "data.fold"), ("loss.objective=vae", "loss.objective"), ("data.k=1", "data.k"),
     ("loss.likelihood=poisson", "loss.likelihood"), ("eval.metrics=mig,irs", "eval.metrics"),
     ("train.batch_size=0", "train.batch_size"), ("loss.gamma=-1", "loss.gamma"),
+    ("loss.latent_kl_max=2", "loss.latent_kl_max"),   # ten latents of 2 nats cannot hold C_max = 25
 ])
 def test_out_of_range(tmp_path, override, key):
     msg = error_of(write(tmp_path, ""), [override])
@@ -151,3 +152,9 @@ def test_on_off_switches_survive_yaml_booleans(tmp_path):
     assert (cfg.train.compile, cfg.train.amp) == ("on", "off")
     assert config.load(write(tmp_path, "train:\n  compile: off\n")).train.compile == "off"
     assert "model.arch" in error_of(write(tmp_path, "model:\n  arch: off\n"))
+
+
+def test_a_per_latent_cap_belongs_to_the_capacity_objective():
+    assert config.load(config.experiment_path("capacity25"), ["loss.latent_kl_max=3.7"]).loss.latent_kl_max == 3.7
+    with pytest.raises(ConfigError, match="loss.latent_kl_max"):
+        config.load(config.experiment_path("beta4"), ["loss.latent_kl_max=3.7"])

@@ -17,6 +17,7 @@ def _cfg(**overrides) -> SimpleNamespace:
     """The LossConfig fields vae_loss reads."""
     fields = dict(objective="beta", likelihood="bernoulli", beta=4.0, gamma=1000.0, c_max=25.0,
                   c_steps=100_000, gamma_warmup_steps=0, warm_start_steps=0, warm_start_until_mi=0.0, kl_scale="none",
+                  latent_kl_max=0.0,
                   factor_gamma=35.0, tc_alpha=1.0, tc_beta=6.0, tc_gamma=1.0,
                   tc_estimator="mss", disc_lr=1e-4, disc_beta1=0.5, disc_beta2=0.9, disc_centre=False)
     return SimpleNamespace(**{**fields, **overrides})
@@ -125,6 +126,27 @@ def test_capacity_loss_is_rec_plus_gamma_abs_gap():
         torch.testing.assert_close(loss, rec + 1000.0 * (kl - c).abs())
         assert terms["C"] == pytest.approx(c)
         torch.testing.assert_close(terms["kl_gap"], (kl - c).abs())
+
+
+def test_a_per_latent_cap_adds_gamma_times_each_latents_excess():
+    from torch.distributions import Normal, kl_divergence
+
+    x, logits, mu, logvar, z = _posterior(dim=4)
+    mu = mu * torch.tensor([4.0, 1.0, 0.1, 0.0])              # latents far above, near and below the cap
+    rec, kl = _hand_terms(x, logits, mu, logvar)
+    kl_j = kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0)).mean(0)
+    cap = float(kl_j.sort().values[2])                         # two latents below or at it, two above
+    excess = sum(max(0.0, float(k) - cap) for k in kl_j)
+    assert excess > 0
+    cfg = _cfg(objective="capacity", gamma=1000.0, c_max=25.0, c_steps=1000, latent_kl_max=cap)
+    loss, terms = vae_loss(cfg, x, logits, mu, logvar, z, step=400)
+    torch.testing.assert_close(loss, rec + 1000.0 * ((kl - 10.0).abs() + excess))
+    assert float(terms["kl_excess"]) == pytest.approx(excess, rel=1e-5)
+    # off (the paper): no cap term, no kl_excess logged
+    loss, terms = vae_loss(_cfg(objective="capacity", gamma=1000.0, c_max=25.0, c_steps=1000), x, logits, mu,
+                           logvar, z, step=400)
+    torch.testing.assert_close(loss, rec + 1000.0 * (kl - 10.0).abs())
+    assert "kl_excess" not in terms
 
 
 def test_gamma_warmup_is_linear_from_zero_then_constant():
