@@ -28,15 +28,14 @@ import torch.nn.functional as F
 
 from bcvae.checkpoint import checkpoint_path, load_model
 from bcvae.data import render_dsprites
-from bcvae.data.render import FACTOR_NAMES, FACTOR_SIZES
+from bcvae.data.render import FACTOR_NAMES, FACTOR_SIZES, SHAPE_NAMES as SHAPES
 from bcvae.errors import ArgumentParser
 from bcvae.latents import random_classes
+from bcvae.metrics import DEFAULT_FACTORS
 
 Reconstruct = Callable[[np.ndarray], torch.Tensor]
 """uint8 images ``(B, 64, 64)`` -> decoder logits ``(B, 64, 64)``."""
 
-FACTORS = ("shape", "scale", "orientation", "posX", "posY")
-SHAPES = ("square", "ellipse", "heart")
 ORDERED = ("scale", "posX", "posY")
 """Factors whose classes are ordered steps: their miss is also given in classes."""
 SYMMETRY_DEG = (90.0, 180.0, 360.0)
@@ -98,7 +97,7 @@ def _summary(values: dict[str, np.ndarray], shape: np.ndarray) -> dict:
 
 @torch.no_grad()
 def decoded_factors(reconstruct: Reconstruct, classes: np.ndarray, *, likelihood: str = "bernoulli",
-                    factors: Sequence[str] = FACTORS, render: Callable[[np.ndarray], np.ndarray] = render_dsprites,
+                    factors: Sequence[str] = DEFAULT_FACTORS, render: Callable[[np.ndarray], np.ndarray] = render_dsprites,
                     chunk: int = 128) -> dict:
     """How often the reconstruction of each image draws each factor's true value.
 

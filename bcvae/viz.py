@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from bcvae.data import FACTOR_NAMES, FACTOR_SIZES, latents_values
+from bcvae.data.render import SHAPE_NAMES
 from bcvae.latents import (
     SWITCH_ON_NATS,
     factor_scores,
@@ -38,8 +39,6 @@ from bcvae.latents import (
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-SHAPE_LABELS = ("square", "ellipse", "heart")
 
 
 # ================================================================ uint8 arrays
@@ -385,5 +384,5 @@ def _factor_panel(ax, codes: np.ndarray, name: str, eta2: float, best: bool) -> 
     ax.text(0.03, 0.92, f"η²={eta2:.2f}", transform=ax.transAxes, fontsize=7, va="top",
             fontweight="bold" if best else "normal")
     if name == "shape":
-        ax.set_xticks(x, SHAPE_LABELS)
+        ax.set_xticks(x, SHAPE_NAMES)
     ax.tick_params(labelsize=6)

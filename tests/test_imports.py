@@ -144,7 +144,7 @@ MAY_IMPORT = {
     "bcvae.reproduce": {"bcvae.checkpoint", "bcvae.config", "bcvae.encode", "bcvae.errors", "bcvae.evaluate",
                         "bcvae.latents", "bcvae.track", "bcvae.viz"},
     "bcvae.tc_bias": {"bcvae.checkpoint", "bcvae.data", "bcvae.errors", "bcvae.latents", "bcvae.losses"},
-    "bcvae.decoded_factors": {"bcvae.checkpoint", "bcvae.data", "bcvae.errors", "bcvae.latents"},
+    "bcvae.decoded_factors": {"bcvae.checkpoint", "bcvae.data", "bcvae.errors", "bcvae.latents", "bcvae.metrics"},
     "bcvae.shift_forces": {"bcvae.checkpoint", "bcvae.data", "bcvae.errors", "bcvae.latents", "bcvae.losses",
                            "bcvae.model"},
     "bcvae.plateau": {"bcvae.checkpoint", "bcvae.errors", "bcvae.latents", "bcvae.reproduce", "bcvae.track",
