@@ -31,6 +31,7 @@ from bcvae.data import render_dsprites
 from bcvae.data.render import FACTOR_NAMES, FACTOR_SIZES, SHAPE_NAMES as SHAPES
 from bcvae.errors import ArgumentParser
 from bcvae.latents import random_classes
+from bcvae.losses import kl_per_dim
 from bcvae.metrics import DEFAULT_FACTORS
 
 Reconstruct = Callable[[np.ndarray], torch.Tensor]
@@ -172,13 +173,12 @@ def latent_reading(model: torch.nn.Module, images: np.ndarray, chunk: int = 256)
     square over images of ‖∂ logits / ∂z_j‖ (over all pixels) at z = μ, a forward-mode derivative.
     """
     device = next(model.parameters()).device
-    kl, var, mus, gain = [], [], [], []
-    for part in np.array_split(images, max(1, -(-len(images) // chunk))):
-        x = torch.from_numpy(part).to(device).unsqueeze(1).float()
+    mus, logvars, gain = [], [], []
+    for start in range(0, len(images), chunk):
+        x = torch.from_numpy(images[start:start + chunk]).to(device).unsqueeze(1).float()
         mu, logvar = model.encode(x)
-        kl.append(0.5 * (mu ** 2 + logvar.exp() - logvar - 1))
-        var.append(logvar.exp())
         mus.append(mu)
+        logvars.append(logvar)
         columns = []
         for j in range(mu.shape[1]):
             tangent = torch.zeros_like(mu)
@@ -187,9 +187,9 @@ def latent_reading(model: torch.nn.Module, images: np.ndarray, chunk: int = 256)
                 d_logits = fwad.unpack_dual(model.decode(fwad.make_dual(mu, tangent))).tangent
             columns.append(d_logits.flatten(1).square().sum(dim=1))
         gain.append(torch.stack(columns, dim=1))
-    kl, var, mus, gain = (torch.cat(t).double().cpu() for t in (kl, var, mus, gain))
-    return {"kl": kl.mean(0).numpy(), "posterior_sd": var.mean(0).sqrt().numpy(),
-            "code_sd": mus.std(0).numpy(), "decoder_gain": gain.mean(0).sqrt().numpy()}
+    mu, logvar, gain = (torch.cat(t).double().cpu() for t in (mus, logvars, gain))
+    return {"kl": kl_per_dim(mu, logvar).numpy(), "posterior_sd": logvar.exp().mean(0).sqrt().numpy(),
+            "code_sd": mu.std(0).numpy(), "decoder_gain": gain.mean(0).sqrt().numpy()}
 
 
 def reading_markdown(reading: dict[str, np.ndarray]) -> str:

@@ -305,11 +305,12 @@ def warm_end_for(loss_cfg: Any, ended_at: int | None) -> float | None:
     return math.inf if ended_at is None else ended_at
 
 
-def _regulariser(loss_cfg: Any, mu: Tensor, logvar: Tensor, z: Tensor, kl: Tensor, step: int,
+def _regulariser(loss_cfg: Any, mu: Tensor, logvar: Tensor, z: Tensor, kl_dims: Tensor, step: int,
                  discriminator: nn.Module | None, dataset_size: int | None,
                  warm_end: float | None = None) -> tuple[Tensor, dict[str, Any]]:
-    """Everything of the objective but the reconstruction term; see ``vae_loss``."""
+    """Everything of the objective but the reconstruction term; see ``vae_loss``. kl_dims : (D,)."""
     objective = loss_cfg.objective
+    kl = kl_dims.sum()
     if objective == "beta":
         return loss_cfg.beta * kl, {}
     if objective == "capacity":
@@ -325,7 +326,7 @@ def _regulariser(loss_cfg: Any, mu: Tensor, logvar: Tensor, z: Tensor, kl: Tenso
                 raise ValueError("loss.kl_scale 'batch_over_n' needs dataset_size (the training-split size)")
             gamma = gamma * mu.shape[0] / dataset_size
         if loss_cfg.latent_kl_max > 0:            # no latent above latent_kl_max nats (not in the paper)
-            excess = (kl_per_dim(mu, logvar) - loss_cfg.latent_kl_max).clamp(min=0).sum()
+            excess = (kl_dims - loss_cfg.latent_kl_max).clamp(min=0).sum()
             return gamma * (gap + excess), {**terms, "gamma": gamma, "kl_excess": excess}
         return gamma * gap, {**terms, "gamma": gamma}
     if objective == "factor":
@@ -366,7 +367,7 @@ def vae_loss(loss_cfg: Any, x: Tensor, logits: Tensor, mu: Tensor, logvar: Tenso
     rec = recon_nll(logits, x, loss_cfg.likelihood)
     kl_dims = kl_per_dim(mu, logvar)
     kl = kl_dims.sum()
-    penalty, terms = _regulariser(loss_cfg, mu, logvar, z, kl, step, discriminator, dataset_size, warm_end)
+    penalty, terms = _regulariser(loss_cfg, mu, logvar, z, kl_dims, step, discriminator, dataset_size, warm_end)
     loss = rec + penalty
     terms.update(loss=loss, rec=rec, kl=kl, kl_per_dim=kl_dims)
     if dataset_size is not None and z.shape[0] >= 2:
