@@ -1,4 +1,4 @@
-"""Command line: ``bcvae train|cv|eval|data|sweep|plots|reproduce|plateau|tc-bias|shift-forces|decoded-factors`` (also ``python -m bcvae``).
+"""Command line: ``bcvae train|cv|eval|data|sweep|plots|reproduce|plateau|tc-bias|shift-forces|decoded-factors|factor-costs`` (also ``python -m bcvae``).
 
 Every command shares one error boundary (:func:`main`). Exit codes: 0 success;
 2 a user mistake (config, argument, edited run record), one line naming the file,
@@ -9,6 +9,7 @@ checkpoint was written); 70 an internal error — a bug: the traceback is printe
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import sys
@@ -33,6 +34,7 @@ OWN_PARSERS = {
     "tc-bias": "how β-TCVAE's minibatch estimates of a run's TC depend on the batch size",
     "shift-forces": "the force of each FactorVAE loss term on a shift common to every code",
     "decoded-factors": "which factors a model's reconstructions draw, read back from the picture",
+    "factor-costs": "the best reconstruction given each subset of the factors: what a nat of code buys",
 }
 
 
@@ -115,26 +117,9 @@ def _one_line(err: BaseException) -> str:
 
 
 def _route(argv: list[str]) -> int:
-    if argv[:1] == ["reproduce"]:  # its own argument parser: bcvae reproduce --help
-        from bcvae import reproduce
-
-        return reproduce.main(argv[1:])
-    if argv[:1] == ["plateau"]:  # likewise: bcvae plateau --help
-        from bcvae import plateau
-
-        return plateau.main(argv[1:])
-    if argv[:1] == ["tc-bias"]:  # likewise: bcvae tc-bias --help
-        from bcvae import tc_bias
-
-        return tc_bias.main(argv[1:])
-    if argv[:1] == ["shift-forces"]:  # likewise: bcvae shift-forces --help
-        from bcvae import shift_forces
-
-        return shift_forces.main(argv[1:])
-    if argv[:1] == ["decoded-factors"]:  # likewise: bcvae decoded-factors --help
-        from bcvae import decoded_factors
-
-        return decoded_factors.main(argv[1:])
+    if argv[:1] and argv[0] in OWN_PARSERS:  # its own argument parser: bcvae reproduce --help
+        module = importlib.import_module("bcvae." + argv[0].replace("-", "_"))
+        return module.main(argv[1:])
     return _dispatch(_parser().parse_args(argv))
 
 
