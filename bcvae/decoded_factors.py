@@ -10,7 +10,10 @@ what a uniformly random pick scores: the share of the candidates that are x's pi
 
 Beside it, :func:`latent_reading` gives each latent's posterior width and the decoder's gain
 on it, |∂ logits / ∂z_j|: a latent whose posterior is a thousand times narrower than the
-prior, read by a decoder a thousand times as steep, can carry far more than one factor::
+prior, read by a decoder a thousand times as steep, can carry far more than one factor.
+:func:`centroid_following` asks whether the position code moves with a sprite's centre of mass
+when the sprite turns (a heart's circles its position by 1–2 px), and ``--without-turn-shift``
+decodes with that movement taken out of the code::
 
     python -m bcvae decoded-factors pretrained/capacity25 pretrained/beta4 --images 2000
 """
@@ -150,18 +153,30 @@ def model_reconstruct(model: torch.nn.Module, latents: Sequence[int] | None = No
     latents : decode from these latents only, every other set to the prior's mean 0 (all by default).
     """
     device = next(model.parameters()).device
+    decode = _decoder(model, latents)
+
+    @torch.no_grad()
+    def reconstruct(images: np.ndarray) -> torch.Tensor:
+        mu, _ = model.encode(torch.from_numpy(images).to(device).unsqueeze(1).float())
+        return decode(mu)
+    return reconstruct
+
+
+def _decoder(model: torch.nn.Module, latents: Sequence[int] | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Codes (B, D) -> logits (B, 64, 64) on the CPU, every latent outside ``latents`` set to 0."""
+    device = next(model.parameters()).device
     keep = None
     if latents is not None:
         keep = torch.zeros(model.z_dim, dtype=torch.bool, device=device)
         keep[list(latents)] = True
 
-    def reconstruct(images: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(images).to(device).unsqueeze(1).float()
-        mu, _ = model.encode(x)
+    @torch.no_grad()
+    def decode(z: torch.Tensor) -> torch.Tensor:
+        z = z.to(device)
         if keep is not None:
-            mu = torch.where(keep, mu, torch.zeros_like(mu))
-        return model.decode(mu).squeeze(1).cpu()   # compared with candidates rendered on the CPU
-    return reconstruct
+            z = torch.where(keep, z, torch.zeros_like(z))
+        return model.decode(z).squeeze(1).cpu()   # compared with candidates rendered on the CPU
+    return decode
 
 
 @torch.no_grad()
@@ -192,12 +207,148 @@ def latent_reading(model: torch.nn.Module, images: np.ndarray, chunk: int = 256)
             "code_sd": mu.std(0).numpy(), "decoder_gain": gain.mean(0).sqrt().numpy()}
 
 
+def pixel_centroid(images: np.ndarray) -> np.ndarray:
+    """Centre of mass of the lit pixels, ``(N, 2)`` as (x, y) in pixels, of uint8 images ``(N, H, W)``."""
+    weights = images.astype(np.float64)
+    rows, cols = np.indices(images.shape[1:])
+    mass = weights.sum(axis=(1, 2))
+    return np.stack([(weights * cols).sum(axis=(1, 2)) / mass, (weights * rows).sum(axis=(1, 2)) / mass], axis=1)
+
+
+def centroid_following(encode: Callable[[np.ndarray], np.ndarray], *, shape: str = "heart", groups: int = 60,
+                       seed: int = 0, render: Callable[[np.ndarray], np.ndarray] = render_dsprites) -> dict:
+    """How far a code's position moves when a sprite turns, against when it is translated.
+
+    A heart's centre of mass circles its position by 1–2 px as it turns (a square's and an
+    ellipse's by about 0.03 px of pixelisation), so a code of the centroid carries a heart's
+    turn in its position latents. For ``groups`` random (scale, posX, posY), positions off the
+    border, every orientation of ``shape`` is rendered and encoded (encode: uint8 images
+    ``(N, 64, 64)`` -> codes ``(N, D)``). Per axis: t, the code's change per pixel of translation
+    (the same images one class either way, mean over images, (D,)); then the within-group
+    movement of the code along t̂ regressed on the within-group shift of the centroid.
+    Returns ``{"x": {...}, "y": {...}, "centroid_shift_px"}``: per axis ``translation_per_px``
+    = |t|, ``follows`` = slope / |t| (1: the code cannot tell a turn's shift from a translation;
+    0: it ignores it) and ``r2``, the share of that movement the centroid explains (nan when
+    the code does not move); ``centroid_shift_px`` is the sd of the turn's centroid shift.
+    """
+    if shape not in SHAPES:
+        raise ValueError(f"shape must be one of {SHAPES}, got {shape!r}")
+    if groups < 2:
+        raise ValueError(f"groups must be >= 2, got {groups}")
+    rng = np.random.default_rng(seed)
+    sizes = dict(zip(FACTOR_NAMES, FACTOR_SIZES))
+    base = random_classes(groups, rng)
+    base[:, FACTOR_NAMES.index("shape")] = SHAPES.index(shape)
+    for axis in ("posX", "posY"):
+        base[:, FACTOR_NAMES.index(axis)] = rng.integers(1, sizes[axis] - 1, groups)
+    classes = np.repeat(base, sizes["orientation"], axis=0)
+    classes[:, FACTOR_NAMES.index("orientation")] = np.tile(np.arange(sizes["orientation"]), groups)
+    group = np.repeat(np.arange(groups), sizes["orientation"])
+    images = render(classes)
+    code = np.asarray(encode(images), dtype=np.float64)
+    centre = pixel_centroid(images)
+
+    def within(v: np.ndarray) -> np.ndarray:
+        means = np.stack([v[group == g].mean(axis=0) for g in range(groups)])
+        return v - means[group]
+
+    moved, shifted = within(code), within(centre)
+    gain = translation_gain(encode, classes, render)
+    out = {"centroid_shift_px": float(shifted.std(axis=0).mean())}
+    for a, axis in enumerate(("x", "y")):
+        t = gain[a]
+        along = moved @ t / np.linalg.norm(t)
+        slope = float(along @ shifted[:, a] / (shifted[:, a] @ shifted[:, a]))
+        still = np.abs(along).max() <= 1e-9 * np.linalg.norm(t)     # moves under a billionth of a pixel
+        r2 = float("nan") if still else 1.0 - float(((along - slope * shifted[:, a]) ** 2).sum() / (along @ along))
+        out[axis] = {"translation_per_px": float(np.linalg.norm(t)), "follows": slope / float(np.linalg.norm(t)),
+                     "r2": r2}
+    return out
+
+
+def translation_gain(encode: Callable[[np.ndarray], np.ndarray], classes: np.ndarray,
+                     render: Callable[[np.ndarray], np.ndarray] = render_dsprites) -> np.ndarray:
+    """The code's change per pixel that the sprite's centre of mass moves, ``(2, D)`` for x then y.
+
+    Each image of ``classes`` (N, 6) is moved one class either way along the axis (positions on
+    the border first moved one class in); the code's difference over the centroid's, mean over images.
+    """
+    classes = np.array(classes)
+    gain = []
+    for a, axis in enumerate(("posX", "posY")):
+        column = FACTOR_NAMES.index(axis)
+        classes[:, column] = np.clip(classes[:, column], 1, FACTOR_SIZES[column] - 2)
+        step = np.zeros_like(classes)
+        step[:, column] = 1
+        ahead, behind = render(classes + step), render(classes - step)
+        pixels = pixel_centroid(ahead)[:, a] - pixel_centroid(behind)[:, a]
+        codes = np.asarray(encode(ahead), np.float64) - np.asarray(encode(behind), np.float64)
+        gain.append((codes / pixels[:, None]).mean(axis=0))
+    return np.stack(gain)
+
+
+def turn_centre(classes: np.ndarray, render: Callable[[np.ndarray], np.ndarray] = render_dsprites) -> np.ndarray:
+    """Mean centre of mass over every orientation of each sprite in ``classes`` (N, 6): ``(N, 2)`` px."""
+    turns = FACTOR_SIZES[FACTOR_NAMES.index("orientation")]
+    every = np.repeat(classes, turns, axis=0)
+    every[:, FACTOR_NAMES.index("orientation")] = np.tile(np.arange(turns), len(classes))
+    return pixel_centroid(render(every)).reshape(len(classes), turns, 2).mean(axis=1)
+
+
+def remove_turn_shift(codes: np.ndarray, images: np.ndarray, classes: np.ndarray, gain: np.ndarray,
+                      render: Callable[[np.ndarray], np.ndarray] = render_dsprites) -> np.ndarray:
+    """Codes ``(N, D)`` less the part that follows the turn's centroid shift: z − (c − c̄)·gain.
+
+    c is each image's centre of mass, c̄ its mean over the sprite's turns (:func:`turn_centre`)
+    and gain the code's change per pixel of translation ``(2, D)`` (:func:`translation_gain`).
+    """
+    return codes - (pixel_centroid(images) - turn_centre(classes, render)) @ gain
+
+
+def without_turn_shift(model: torch.nn.Module, classes: np.ndarray, latents: Sequence[int] | None = None,
+                       render: Callable[[np.ndarray], np.ndarray] = render_dsprites) -> Reconstruct:
+    """:func:`model_reconstruct` of the images of ``classes`` with the turn's centroid shift taken out
+    of their codes (:func:`remove_turn_shift`, gain measured on the same images). A turn that the
+    reconstruction stops drawing was carried by the position code as a shift of the centre of mass."""
+    encode = model_encode(model)
+    gain = translation_gain(encode, classes, render)
+    by_picture = {image.tobytes(): row for image, row in zip(render(classes), classes)}
+    decode = _decoder(model, latents)
+
+    def reconstruct(images: np.ndarray) -> torch.Tensor:
+        rows = np.stack([by_picture[image.tobytes()] for image in images])   # same picture: same turn centre
+        codes = remove_turn_shift(encode(images), images, rows, gain, render)
+        return decode(torch.from_numpy(codes).float())
+    return reconstruct
+
+
+def model_encode(model: torch.nn.Module, chunk: int = 512) -> Callable[[np.ndarray], np.ndarray]:
+    """uint8 images ``(N, 64, 64)`` -> posterior means ``(N, D)``."""
+    device = next(model.parameters()).device
+
+    @torch.no_grad()
+    def encode(images: np.ndarray) -> np.ndarray:
+        mus = [model.encode(torch.from_numpy(images[s:s + chunk]).to(device).unsqueeze(1).float())[0].cpu()
+               for s in range(0, len(images), chunk)]
+        return torch.cat(mus).numpy()
+    return encode
+
+
 def reading_markdown(reading: dict[str, np.ndarray]) -> str:
     """One row per latent, the most informative first."""
     lines = ["| latent | KL (nats) | posterior sd | code sd | decoder gain |", "|---|---:|---:|---:|---:|"]
     for j in np.argsort(-reading["kl"], kind="stable"):
         lines.append(f"| z{j} | {reading['kl'][j]:.2f} | {reading['posterior_sd'][j]:.2g} | "
                      f"{reading['code_sd'][j]:.2f} | {reading['decoder_gain'][j]:.3g} |")
+    return "\n".join(lines)
+
+
+def following_markdown(following: dict[str, dict]) -> str:
+    """One row per run: :func:`centroid_following` along x and y."""
+    lines = ["| run | heart's centroid shift (px) | follows x | R² x | follows y | R² y |", "|---|---:|---:|---:|---:|---:|"]
+    for run, f in following.items():
+        lines.append(f"| {run} | {f['centroid_shift_px']:.2f} | {f['x']['follows']:.2f} | {f['x']['r2']:.2f} | "
+                     f"{f['y']['follows']:.2f} | {f['y']['r2']:.2f} |")
     return "\n".join(lines)
 
 
@@ -230,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--latents", help="decode from these latents only (comma-separated indices; the rest "
                                       "set to 0, the prior's mean), e.g. a model's active ones")
+    p.add_argument("--without-turn-shift", action="store_true",
+                   help="decode from codes less the part that follows a turn's shift of the centre of mass "
+                        "(a heart's centroid circles its position by 1-2 px as it turns)")
     p.add_argument("--out", help="write every run's result (with orientation by shape) to this JSON file")
     args = p.parse_args(argv)
     if args.images < 1:
@@ -239,13 +393,16 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         p.error(f"--latents {args.latents!r} is not a comma-separated list of latent indices")
     classes = random_classes(args.images, np.random.default_rng(args.seed))
-    rows, readings = {}, {}
+    rows, readings, following = {}, {}, {}
     for run in args.runs:
         model, cfg, _ = load_model(checkpoint_path(Path(run)), torch.device("cpu"))
         if latents is not None and not all(0 <= j < model.z_dim for j in latents):
             p.error(f"--latents {args.latents!r}: {run} has latents 0 to {model.z_dim - 1}")
-        rows[run] = decoded_factors(model_reconstruct(model, latents), classes, likelihood=cfg.loss.likelihood)
+        reconstruct = (without_turn_shift(model, classes, latents) if args.without_turn_shift
+                       else model_reconstruct(model, latents))
+        rows[run] = decoded_factors(reconstruct, classes, likelihood=cfg.loss.likelihood)
         readings[run] = latent_reading(model, render_dsprites(classes[:READING_IMAGES]))
+        following[run] = centroid_following(model_encode(model), seed=args.seed)
     print(f"{args.images:,} images (seed {args.seed}); accuracy of the reconstruction's pick (chance):")
     print(markdown(rows))
     print("mean miss of the pick (chance): classes of scale and position; degrees of each shape's turn, "
@@ -254,8 +411,13 @@ def main(argv: list[str] | None = None) -> int:
     for run, reading in readings.items():
         print(f"{run}: how finely the decoder reads each latent ({min(args.images, READING_IMAGES):,} images):")
         print(reading_markdown(reading))
+    print("how far the position code follows a heart's centre of mass when the heart turns (1: as far as "
+          "when it is translated; 0: not at all), and the share of that movement the centroid explains:")
+    print(following_markdown(following))
     if args.out:
-        record = {"images": args.images, "seed": args.seed, "latents": latents, "runs": rows,
-                  "latent_reading": {run: {k: v.tolist() for k, v in r.items()} for run, r in readings.items()}}
+        record = {"images": args.images, "seed": args.seed, "latents": latents,
+                  "without_turn_shift": args.without_turn_shift, "runs": rows,
+                  "latent_reading": {run: {k: v.tolist() for k, v in r.items()} for run, r in readings.items()},
+                  "centroid_following": following}
         Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
     return 0

@@ -176,3 +176,76 @@ def test_latent_reading_of_a_linear_model():
     np.testing.assert_allclose(reading["posterior_sd"], np.exp(0.5 * np.array([-4.0, 0.0, -1.0])), rtol=1e-6)
     np.testing.assert_allclose(reading["code_sd"], mu.std(0).numpy(), rtol=1e-5)
     np.testing.assert_allclose(reading["decoder_gain"], gain.numpy(), rtol=1e-5)
+
+
+class Recorder:
+    """render_dsprites that remembers each picture's classes, so a test encoder can look them up."""
+
+    def __init__(self):
+        self.rows = {}
+
+    def __call__(self, classes):
+        images = render_dsprites(classes)
+        self.rows.update({image.tobytes(): row for image, row in zip(images, classes)})
+        return images
+
+    def classes_of(self, images):
+        return np.stack([self.rows[image.tobytes()] for image in images])
+
+
+def test_centroid_following_of_codes_with_known_answers():
+    from bcvae.decoded_factors import centroid_following, pixel_centroid, turn_centre
+
+    render = Recorder()
+    turn = 0.7
+    rotation = np.array([[np.cos(turn), -np.sin(turn)], [np.sin(turn), np.cos(turn)]])
+    encoders = {   # name: (encode, follows)
+        "centroid": (lambda im: pixel_centroid(im), 1.0),
+        "rotated centroid, three idle latents": (
+            lambda im: np.concatenate([pixel_centroid(im) @ rotation.T * 3.0, np.zeros((len(im), 3))], 1), 1.0),
+        "half the turn's shift": (
+            lambda im: (lambda c: c + 0.5 * (pixel_centroid(im) - c))(turn_centre(render.classes_of(im))), 0.5),
+        "the turn's centre only": (lambda im: turn_centre(render.classes_of(im)), 0.0),
+    }
+    for name, (encode, follows) in encoders.items():
+        out = centroid_following(encode, groups=6, render=render)
+        assert out["centroid_shift_px"] > 0.8, name          # a heart's centroid circles by 1-2 px
+        for axis in ("x", "y"):
+            # 1e-3: pixelisation; moving a sprite one column moves its centroid a hair off one pixel
+            assert out[axis]["follows"] == pytest.approx(follows, abs=1e-3), (name, axis)
+            if follows:
+                assert out[axis]["r2"] == pytest.approx(1.0, abs=1e-3), (name, axis)
+            else:
+                assert np.isnan(out[axis]["r2"]), name
+    square = centroid_following(encoders["centroid"][0], shape="square", groups=6, render=render)
+    assert square["centroid_shift_px"] < 0.1                   # a square turns about its centre of mass
+    with pytest.raises(ValueError, match="shape must be one of"):
+        centroid_following(encoders["centroid"][0], shape="star")
+
+
+def test_removing_the_turn_shift_leaves_a_centroid_code_the_same_for_every_turn():
+    from bcvae.decoded_factors import pixel_centroid, remove_turn_shift, translation_gain, turn_centre
+
+    classes = np.repeat(random_classes(5, np.random.default_rng(3)), 40, axis=0)
+    classes[:, ORIENTATION] = np.tile(np.arange(40), 5)
+    classes[:, FACTOR_NAMES.index("shape")] = 2                 # hearts
+    images = render_dsprites(classes)
+    # a centroid code moves a pixel per pixel, up to pixelisation
+    assert translation_gain(pixel_centroid, classes) == pytest.approx(np.eye(2), abs=1e-2)
+    codes = remove_turn_shift(pixel_centroid(images), images, classes, np.eye(2))
+    assert codes == pytest.approx(turn_centre(classes), abs=1e-9)
+    assert codes.reshape(5, 40, 2).std(axis=1).max() < 1e-9     # the turn is gone from the code
+    assert pixel_centroid(images).reshape(5, 40, 2).std(axis=1).max() > 0.5   # and it was there
+
+
+def test_cli_decodes_without_the_turn_shift(smoke_run, tmp_path, capsys):
+    from bcvae import cli
+
+    out = tmp_path / "decoded.json"
+    assert cli.main(["decoded-factors", str(smoke_run), "--images", "12", "--without-turn-shift",
+                     "--out", str(out)]) == 0
+    assert "| run | heart's centroid shift (px) | follows x | R² x | follows y | R² y |" in capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert saved["without_turn_shift"] is True
+    following = saved["centroid_following"][str(smoke_run)]
+    assert following["centroid_shift_px"] > 0.8 and set(following) == {"centroid_shift_px", "x", "y"}
