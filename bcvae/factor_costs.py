@@ -71,7 +71,7 @@ def _group_nll(sums: np.ndarray, count: int) -> float:
 
 
 def subset_nll(render: Render = render_dsprites, sizes: Sequence[int] = FACTOR_SIZES, *,
-               inner: int = 3, by: int | None = 1) -> dict[frozenset, dict]:
+               inner: int = 3, by: int | None = FACTOR_NAMES.index("shape")) -> dict[frozenset, dict]:
     """The best expected reconstruction NLL (nats per image) given each subset of the factors.
 
     sizes : the grid of factor classes that ``render`` takes (one column each); factors of
