@@ -31,6 +31,7 @@ import torch.nn.functional as F
 
 from bcvae.checkpoint import checkpoint_path, load_model
 from bcvae.data import render_dsprites
+from bcvae.encode import make_encode
 from bcvae.data.render import FACTOR_NAMES, FACTOR_SIZES, SHAPE_NAMES as SHAPES
 from bcvae.errors import ArgumentParser
 from bcvae.latents import random_classes
@@ -243,14 +244,14 @@ def centroid_following(encode: Callable[[np.ndarray], np.ndarray], *, shape: str
         base[:, FACTOR_NAMES.index(axis)] = rng.integers(1, sizes[axis] - 1, groups)
     classes = np.repeat(base, sizes["orientation"], axis=0)
     classes[:, FACTOR_NAMES.index("orientation")] = np.tile(np.arange(sizes["orientation"]), groups)
-    group = np.repeat(np.arange(groups), sizes["orientation"])
     images = render(classes)
     code = np.asarray(encode(images), dtype=np.float64)
     centre = pixel_centroid(images)
 
     def within(v: np.ndarray) -> np.ndarray:
-        means = np.stack([v[group == g].mean(axis=0) for g in range(groups)])
-        return v - means[group]
+        """Less each group's mean: a group is one sprite's turns, consecutive rows."""
+        per_group = v.reshape(groups, sizes["orientation"], -1)
+        return (per_group - per_group.mean(axis=1, keepdims=True)).reshape(v.shape)
 
     moved, shifted = within(code), within(centre)
     gain = translation_gain(encode, classes, render)
@@ -310,7 +311,7 @@ def without_turn_shift(model: torch.nn.Module, classes: np.ndarray, latents: Seq
     """:func:`model_reconstruct` of the images of ``classes`` with the turn's centroid shift taken out
     of their codes (:func:`remove_turn_shift`, gain measured on the same images). A turn that the
     reconstruction stops drawing was carried by the position code as a shift of the centre of mass."""
-    encode = model_encode(model)
+    encode = make_encode(model, next(model.parameters()).device, compile="off")
     gain = translation_gain(encode, classes, render)
     by_picture = {image.tobytes(): row for image, row in zip(render(classes), classes)}
     decode = _decoder(model, latents)
@@ -320,18 +321,6 @@ def without_turn_shift(model: torch.nn.Module, classes: np.ndarray, latents: Seq
         codes = remove_turn_shift(encode(images), images, rows, gain, render)
         return decode(torch.from_numpy(codes).float())
     return reconstruct
-
-
-def model_encode(model: torch.nn.Module, chunk: int = 512) -> Callable[[np.ndarray], np.ndarray]:
-    """uint8 images ``(N, 64, 64)`` -> posterior means ``(N, D)``."""
-    device = next(model.parameters()).device
-
-    @torch.no_grad()
-    def encode(images: np.ndarray) -> np.ndarray:
-        mus = [model.encode(torch.from_numpy(images[s:s + chunk]).to(device).unsqueeze(1).float())[0].cpu()
-               for s in range(0, len(images), chunk)]
-        return torch.cat(mus).numpy()
-    return encode
 
 
 def reading_markdown(reading: dict[str, np.ndarray]) -> str:
@@ -402,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                        else model_reconstruct(model, latents))
         rows[run] = decoded_factors(reconstruct, classes, likelihood=cfg.loss.likelihood)
         readings[run] = latent_reading(model, render_dsprites(classes[:READING_IMAGES]))
-        following[run] = centroid_following(model_encode(model), seed=args.seed)
+        following[run] = centroid_following(make_encode(model, torch.device("cpu"), compile="off"), seed=args.seed)
     print(f"{args.images:,} images (seed {args.seed}); accuracy of the reconstruction's pick (chance):")
     print(markdown(rows))
     print("mean miss of the pick (chance): classes of scale and position; degrees of each shape's turn, "
