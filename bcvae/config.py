@@ -176,6 +176,14 @@ class TrainConfig:
     """Mixed precision: ``auto`` (bf16 autocast on CUDA, off on CPU), ``bf16`` or ``off``."""
     threads: int = 0
     """CPU threads for torch (0 = torch's default)."""
+    init_from: str = ""
+    """A pretrained directory (``pretrained/<experiment>``) or a run directory whose model weights
+    start this run at step 0, with a fresh optimiser and every schedule from its start; the same
+    model.arch and model.z_dim are required. "" = the architecture's initialisation."""
+    redraw_below: float = 0.0
+    """With train.init_from: latents whose KL on 4,096 random held-out images is below this many
+    nats start again from the initialisation (``VAE.redraw_latents``, drawn with ``seed``) before
+    step 0. 0 = keep every latent as trained."""
 
 
 @dataclass
@@ -517,6 +525,10 @@ def validate(cfg: Config, source: str) -> None:
     for key in ("batch_size", "val_batch_size", "lr_decay_epochs"):
         _check(getattr(t, key) >= 1, source, f"train.{key}", f"must be >= 1, got {getattr(t, key)}")
     _check(0 < t.lr_decay <= 1, source, "train.lr_decay", f"must be in (0, 1], got {t.lr_decay}")
+    _check(math.isfinite(t.redraw_below) and t.redraw_below >= 0, source, "train.redraw_below",
+           f"must be finite and >= 0, got {t.redraw_below}")
+    _check(t.redraw_below == 0 or t.init_from, source, "train.redraw_below",
+           "re-draws latents of trained weights: set train.init_from too")
     n = d.subset or DSPRITES_IMAGES
     n_train = n - -(-n // d.k)                     # the largest fold may be held out
     _check(t.batch_size <= n_train, source, "train.batch_size",

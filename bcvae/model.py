@@ -112,6 +112,32 @@ class VAE(nn.Module):
         eps = torch.randn_like(mu) if eps is None else eps
         return mu + torch.exp(0.5 * logvar) * eps
 
+    def latent_entries(self, j: int) -> list[tuple[str, tuple]]:
+        """The parameter entries that serve latent ``j`` alone, as (parameter name, index):
+        its rows of the encoder's μ and log σ² heads (weights and biases) and its column of
+        the decoder's first linear layer."""
+        if not 0 <= j < self.z_dim:
+            raise ValueError(f"latent {j} out of range 0..{self.z_dim - 1}")
+        head = len(self.encoder) - 1
+        if self.arch == "burgess":                     # one Linear(256, 2·z_dim): [μ rows, log σ² rows]
+            rows = [(f"encoder.{head}.{p}", (r,)) for r in (j, self.z_dim + j) for p in ("weight", "bias")]
+        else:                                          # _MeanAndLogVarHeads: fc_mu and fc_var
+            rows = [(f"encoder.{head}.{fc}.{p}", (j,)) for fc in ("fc_mu", "fc_var") for p in ("weight", "bias")]
+        return rows + [("decoder.0.weight", (slice(None), j))]
+
+    def redraw_latents(self, dims: list[int], seed: int) -> None:
+        """Re-draw the parameters of latents ``dims`` (:meth:`latent_entries`) as a new model
+        built with ``torch.manual_seed(seed)`` has them, leaving every other entry as it is:
+        those latents start again from the architecture's initialisation."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            fresh = dict(VAE(self.z_dim, self.arch).named_parameters())
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for j in dims:
+                for name, index in self.latent_entries(j):
+                    params[name][index] = fresh[name][index].to(params[name].device)
+
     def forward(self, x: Tensor, eps: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """x (B,1,64,64) -> (logits (B,1,64,64), μ, log σ², z), z = μ + σ·ε.
 

@@ -30,6 +30,7 @@ import math
 import signal
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,6 +42,8 @@ from bcvae import config as config_mod
 from bcvae import distributed, track, viz
 from bcvae.checkpoint import (
     CHECKPOINT_VERSION,
+    checkpoint_path,
+    load_model,
     pick_device,
     run_dir_for,
     load_checkpoint,
@@ -58,7 +61,7 @@ from bcvae.data import epoch_order, load_all, load_split
 from bcvae.encode import image_source, make_encode
 from bcvae.evaluate import accumulate, flatten_scores, heldout_terms, mean_terms, validation_indices
 from bcvae.errors import CheckpointError, Interrupted, TrainingError
-from bcvae.losses import conditional_warm_start, discriminator_loss, vae_loss, warm_end_for, warm_start_over
+from bcvae.losses import conditional_warm_start, discriminator_loss, kl_per_dim, vae_loss, warm_end_for, warm_start_over
 from bcvae.model import VAE, discriminator_for
 
 log = logging.getLogger("bcvae")
@@ -232,10 +235,48 @@ class Trainer:
             self.dir.mkdir(parents=True, exist_ok=True)
             config_mod.save(self.cfg, self.dir / "config.yaml")
             self._truncate_log(0)  # rows of an attempt killed before its first checkpoint
+        if self.cfg.train.init_from:
+            self._init_from(Path(self.cfg.train.init_from))
         # A step-0 checkpoint naming the W&B run before W&B starts: a kill within the first
         # epoch then resumes the same W&B run and log instead of starting a second one.
         self.run_id = track.new_run_id()
         self._checkpoint()
+
+    def _init_from(self, source: Path) -> None:
+        """Start from trained weights (``train.init_from``), re-drawing the latents whose held-out
+        KL is below ``train.redraw_below``. Every process does the same, so ranks agree."""
+        if not source.exists():
+            raise TrainingError(f"train.init_from: {source} does not exist (a pretrained/<experiment> "
+                                "directory or a run directory)")
+        trained, trained_cfg, _ = load_model(checkpoint_path(source), self.device)
+        m = self.cfg.model
+        if (trained_cfg.model.arch, trained_cfg.model.z_dim) != (m.arch, m.z_dim):
+            raise TrainingError(f"train.init_from: {source} holds a {trained_cfg.model.arch} model with "
+                                f"{trained_cfg.model.z_dim} latents; this run builds {m.arch} with {m.z_dim}")
+        self.model.load_state_dict(trained.state_dict())
+        redraw = self.cfg.train.redraw_below
+        if redraw > 0:
+            kl = self._heldout_kl_per_dim(4096)
+            dims = [j for j in range(m.z_dim) if kl[j] < redraw]
+            self.model.redraw_latents(dims, self.cfg.seed)
+            log.info("train.init_from %s: latents %s (KL below %g nats: %s) re-drawn", source, dims, redraw,
+                     ", ".join(f"{kl[j]:.3f}" for j in dims))
+        else:
+            log.info("train.init_from %s: every latent kept", source)
+
+    @torch.no_grad()
+    def _heldout_kl_per_dim(self, n: int) -> list[float]:
+        """KL(q(z|x) ‖ p(z)) per latent, averaged over ``n`` held-out images drawn with ``seed``."""
+        val = self.split.val
+        idx = np.sort(np.random.default_rng(self.cfg.seed).choice(len(val), min(n, len(val)), replace=False))
+        self.model.eval()
+        sums = torch.zeros(self.cfg.model.z_dim, dtype=torch.float64)
+        for start in range(0, len(idx), self.cfg.train.val_batch_size):
+            chunk = idx[start:start + self.cfg.train.val_batch_size]
+            mu, logvar = self.model.encode(val.batch(chunk, self.device))
+            sums += kl_per_dim(mu.float(), logvar.float()).double().cpu() * len(chunk)
+        self.model.train()
+        return (sums / len(idx)).tolist()
 
     def _restore(self, ckpt: dict) -> None:
         # train.amp may change where the arithmetic does not: `off` on a GPU and `auto` on a CPU are
