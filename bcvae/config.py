@@ -181,7 +181,7 @@ class TrainConfig:
     start this run at step 0, with a fresh optimiser and every schedule from its start; the same
     model.arch and model.z_dim are required. "" = the architecture's initialisation."""
     redraw_below: float = 0.0
-    """With train.init_from: latents whose KL on 4,096 random held-out images is below this many
+    """With train.init_from: latents whose KL on 4,096 random training images is below this many
     nats start again from the initialisation (``VAE.redraw_latents``, drawn with ``seed``) before
     step 0. 0 = keep every latent as trained."""
 

@@ -243,8 +243,8 @@ class Trainer:
         self._checkpoint()
 
     def _init_from(self, source: Path) -> None:
-        """Start from trained weights (``train.init_from``), re-drawing the latents whose held-out
-        KL is below ``train.redraw_below``. Every process does the same, so ranks agree."""
+        """Start from trained weights (``train.init_from``), re-drawing the latents whose KL is below
+        ``train.redraw_below``. Every process does the same, so ranks agree."""
         if not source.exists():
             raise TrainingError(f"train.init_from: {source} does not exist (a pretrained/<experiment> "
                                 "directory or a run directory)")
@@ -256,7 +256,7 @@ class Trainer:
         self.model.load_state_dict(trained.state_dict())
         redraw = self.cfg.train.redraw_below
         if redraw > 0:
-            kl = self._heldout_kl_per_dim(4096)
+            kl = self._kl_per_dim(4096)
             dims = [j for j in range(m.z_dim) if kl[j] < redraw]
             self.model.redraw_latents(dims, self.cfg.seed)
             log.info("train.init_from %s: latents %s (KL below %g nats: %s) re-drawn", source, dims, redraw,
@@ -265,15 +265,16 @@ class Trainer:
             log.info("train.init_from %s: every latent kept", source)
 
     @torch.no_grad()
-    def _heldout_kl_per_dim(self, n: int) -> list[float]:
-        """KL(q(z|x) ‖ p(z)) per latent, averaged over ``n`` held-out images drawn with ``seed``."""
-        val = self.split.val
-        idx = np.sort(np.random.default_rng(self.cfg.seed).choice(len(val), min(n, len(val)), replace=False))
+    def _kl_per_dim(self, n: int) -> list[float]:
+        """KL(q(z|x) ‖ p(z)) per latent, averaged over ``n`` training images drawn with ``seed``
+        (a choice made for training: the held-out fold stays out of it)."""
+        images = self.split.train
+        idx = np.sort(np.random.default_rng(self.cfg.seed).choice(len(images), min(n, len(images)), replace=False))
         self.model.eval()
         sums = torch.zeros(self.cfg.model.z_dim, dtype=torch.float64)
         for start in range(0, len(idx), self.cfg.train.val_batch_size):
             chunk = idx[start:start + self.cfg.train.val_batch_size]
-            mu, logvar = self.model.encode(val.batch(chunk, self.device))
+            mu, logvar = self.model.encode(images.batch(chunk, self.device))
             sums += kl_per_dim(mu.float(), logvar.float()).double().cpu() * len(chunk)
         self.model.train()
         return (sums / len(idx)).tolist()

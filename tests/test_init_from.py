@@ -104,13 +104,13 @@ def test_init_from_a_run_or_its_export_starts_at_its_weights(smoke_run, tmp_path
     assert ckpt["step"] == 0 and not ckpt["opt"]["state"]
 
 
-def held_out_kl(model: VAE, cfg: config.Config) -> np.ndarray:
-    """KL per latent by torch.distributions, on the 4,096 held-out images (or all) drawn with ``seed``."""
+def training_kl(model: VAE, cfg: config.Config) -> np.ndarray:
+    """KL per latent by torch.distributions, on the 4,096 training images (or all) drawn with ``seed``."""
     split = train.load_split(cfg.data)
-    n = len(split.val)
+    n = len(split.train)
     idx = np.sort(np.random.default_rng(cfg.seed).choice(n, min(4096, n), replace=False))
     with torch.no_grad():
-        mu, logvar = model.eval().encode(split.val.batch(idx))
+        mu, logvar = model.eval().encode(split.train.batch(idx))
     q = Normal(mu.double(), (0.5 * logvar.double()).exp())
     return kl_divergence(q, Normal(0.0, 1.0)).mean(0).numpy()
 
@@ -118,7 +118,7 @@ def held_out_kl(model: VAE, cfg: config.Config) -> np.ndarray:
 def test_redraw_below_redraws_exactly_the_latents_under_the_threshold(smoke_run, tmp_path):
     trained, _, _ = checkpoint.load_model(smoke_run / "checkpoint.pt", torch.device("cpu"))
     cfg = load(tmp_path, f"train.init_from={smoke_run}")
-    kl = held_out_kl(trained, cfg)
+    kl = training_kl(trained, cfg)
     order = np.sort(kl)
     gap = int(np.argmax(np.diff(order)))           # the widest gap: no latent sits near the threshold
     threshold = float(order[gap] + order[gap + 1]) / 2
