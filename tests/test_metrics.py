@@ -543,3 +543,24 @@ def test_dci_hist_stays_close_to_exact_gbt_on_a_mixed_representation():
     exact, fast = metrics.dci(codes, classes, model="gbt"), metrics.dci(codes, classes, model="hist")
     for key in ("disentanglement", "completeness", "informativeness"):
         assert fast[key] == pytest.approx(exact[key], abs=0.01), key  # measured within 0.004
+
+
+def test_factor_vae_names_the_points_won_by_dimensions_near_the_pruning_threshold(grid):
+    """posX, posY and scale held by full-size dimensions, orientation by one whose code sd is
+    0.07 (above the 0.05 threshold, below twice it): fixing orientation leaves that dimension
+    least variable every time, so it wins all orientation votes, a fifth of the score."""
+    names = list(metrics.DEFAULT_FACTORS)
+    orientation = grid[:, 1 + names.index("orientation")].astype(float)
+    weak = 0.07 * (orientation - orientation.mean()) / orientation.std()
+    table = np.column_stack([grid[:, 1 + names.index(f)].astype(float) for f in ("posX", "posY", "scale")] + [weak])
+    details = metrics.factor_vae_details(None, seed=2, num_train=3000, num_eval=3000, codes_table=table)
+    assert details["eval_accuracy"] == pytest.approx(4 / 5, abs=0.03)
+    np.testing.assert_allclose(details["active_sd"], [*table[:, :3].std(axis=0), 0.07], rtol=0.05)
+    points = details["points_per_dim"]
+    assert sum(points) == pytest.approx(100 * details["eval_accuracy"])
+    assert points[3] == pytest.approx(100 * np.array(details["eval_votes"])[names.index("orientation")].sum() / 3000)
+    assert details["note"].startswith(f"{points[3]:.1f} points of the score come from dimensions whose code sd")
+    assert "3 (sd 0.07" in details["note"]
+    # The same code with the orientation dimension at full size: nothing to name.
+    table[:, 3] = weak / 0.07
+    assert "note" not in metrics.factor_vae_details(None, seed=2, num_train=300, num_eval=300, codes_table=table)

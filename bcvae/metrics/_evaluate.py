@@ -92,7 +92,8 @@ def _sampling_metrics(metrics, source, factors, seed, num_points, settings, reco
             scores["factor_vae_active_dims"] = details["num_active_dims"]
             if "eval_accuracy_per_factor" in details:  # absent when no dimension is active
                 scores["factor_vae_per_factor"] = details["eval_accuracy_per_factor"]
-                votes.update({k: details[k] for k in ("active_dims", "classifier", "train_votes", "eval_votes")})
+                votes.update({k: details[k] for k in ("active_dims", "active_sd", "points_per_dim", "classifier",
+                                                       "train_votes", "eval_votes")})
         if "note" in details:
             notes.append(f"{name}: {details['note']}")
         record[name] = kwargs
@@ -132,8 +133,9 @@ def evaluate(encode: Encode | None = None, metrics: Sequence[str] = METRICS[:5],
     and ``marginal_kl``, each by latent ``z0 …``, and ``joint`` (the same of the whole code,
     with its total correlation). Seconds per metric exclude
     rendering and encoding, which is ``seconds["render_encode"]``. With FactorVAE,
-    ``"factor_vae_votes"``: the active dimensions, the factor each was assigned and the
-    train/eval vote counts ``(K factors, D_active)`` behind the score.
+    ``"factor_vae_votes"``: the active dimensions with their code sd, the factor each was
+    assigned, the points of the score each wins and the train/eval vote counts
+    ``(K factors, D_active)`` behind the score.
     """
     metrics = tuple(metrics)
     _check_request(metrics, settings, codes_table, logvar_table)

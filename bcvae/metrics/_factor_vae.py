@@ -12,6 +12,11 @@ from bcvae.metrics._codes import (
 )
 
 
+NEAR_THRESHOLD = 2.0
+"""A dimension whose code sd is below this multiple of the pruning threshold is named in the
+details' note when it wins votes: the score then depends on where the threshold lies."""
+
+
 def _factor_vae_votes(source: CodeSource, rng: np.random.Generator, cols: np.ndarray, n: int, batch_size: int,
                       scale: np.ndarray) -> np.ndarray:
     """Vote counts ``(K, D_active)``: how often fixing factor k left active dimension d least variable.
@@ -54,6 +59,19 @@ def factor_vae_details(encode: Encode | CodeSource | None, seed: int = 0, *, bat
     out["classifier"] = [factors[k] for k in classifier]  # the factor each active dimension votes for
     out["train_votes"], out["eval_votes"] = train_votes.tolist(), eval_votes.tolist()  # (K, D_active)
     out["eval_accuracy_per_factor"] = _accuracy_per_factor(eval_votes, classifier, factors)
+    # Which dimensions the score's points come from, and how far each sits above the pruning
+    # threshold: a dimension whose code barely varies can still win a factor's votes when no
+    # other dimension holds that factor, and pruning it (a slightly higher threshold) would
+    # move those points.
+    sd = np.sqrt(global_var[active])
+    points = 100 * eval_votes[classifier, dims] / eval_votes.sum()
+    out["active_sd"], out["points_per_dim"] = sd.tolist(), points.tolist()
+    near = (sd < NEAR_THRESHOLD * prune_threshold) & (points > 0)
+    if near.any():
+        listed = ", ".join(f"{d} (sd {s:.3f}, {p:.1f})" for d, s, p in
+                           zip(np.flatnonzero(active)[near], sd[near], points[near]))
+        out["note"] = (f"{points[near].sum():.1f} points of the score come from dimensions whose code sd is "
+                       f"below {NEAR_THRESHOLD:g} x the pruning threshold {prune_threshold:g}: {listed}")
     return out
 
 
