@@ -54,8 +54,9 @@ def factor_vae_details(encode: Encode | CodeSource | None, seed: int = 0, *, bat
     classifier = np.argmax(train_votes, axis=0)  # majority factor of each active dimension
     eval_votes = _factor_vae_votes(source, rng, cols, num_eval, batch_size, scale)
     dims = np.arange(train_votes.shape[1])
+    right = eval_votes[classifier, dims]  # (D_active,) eval votes each dimension gets right
     out["train_accuracy"] = float(train_votes[classifier, dims].sum() / train_votes.sum())
-    out["eval_accuracy"] = float(eval_votes[classifier, dims].sum() / eval_votes.sum())
+    out["eval_accuracy"] = float(right.sum() / eval_votes.sum())
     out["classifier"] = [factors[k] for k in classifier]  # the factor each active dimension votes for
     out["train_votes"], out["eval_votes"] = train_votes.tolist(), eval_votes.tolist()  # (K, D_active)
     out["eval_accuracy_per_factor"] = _accuracy_per_factor(eval_votes, classifier, factors)
@@ -63,8 +64,8 @@ def factor_vae_details(encode: Encode | CodeSource | None, seed: int = 0, *, bat
     # threshold: a dimension whose code barely varies can still win a factor's votes when no
     # other dimension holds that factor, and pruning it (a slightly higher threshold) would
     # move those points.
-    sd = np.sqrt(global_var[active])
-    points = 100 * eval_votes[classifier, dims] / eval_votes.sum()
+    sd = scale[active]
+    points = 100 * right / eval_votes.sum()
     out["active_sd"], out["points_per_dim"] = sd.tolist(), points.tolist()
     near = (sd < NEAR_THRESHOLD * prune_threshold) & (points > 0)
     if near.any():
