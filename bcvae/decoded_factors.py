@@ -12,8 +12,9 @@ Beside it, :func:`latent_reading` gives each latent's posterior width and the de
 on it, |∂ logits / ∂z_j|: a latent whose posterior is a thousand times narrower than the
 prior, read by a decoder a thousand times as steep, can carry far more than one factor.
 :func:`centroid_following` asks whether the position code moves with a sprite's centre of mass
-when the sprite turns (a heart's circles its position by 1–2 px), and ``--without-turn-shift``
-decodes with that movement taken out of the code::
+when the sprite turns (a heart's circles its position by 1–2 px), ``--without-turn-shift``
+decodes with that movement taken out of the code, and :func:`turn_twins` asks whether a code
+tells two turns of a heart apart when their centres of mass coincide::
 
     python -m bcvae decoded-factors pretrained/capacity25 pretrained/beta4 --images 2000
 """
@@ -32,7 +33,7 @@ import torch.nn.functional as F
 from bcvae.checkpoint import checkpoint_path, load_model
 from bcvae.data import render_dsprites
 from bcvae.encode import make_encode
-from bcvae.data.render import FACTOR_NAMES, FACTOR_SIZES, SHAPE_NAMES as SHAPES
+from bcvae.data.render import FACTOR_NAMES, FACTOR_SIZES, FACTOR_VALUES, SHAPE_NAMES as SHAPES
 from bcvae.errors import ArgumentParser
 from bcvae.latents import random_classes
 from bcvae.losses import kl_per_dim
@@ -323,6 +324,132 @@ def without_turn_shift(model: torch.nn.Module, classes: np.ndarray, latents: Seq
     return reconstruct
 
 
+TWIN_MIN_TURN_DEG = 60.0
+"""Twins differ in turn by at least this much (a heart looks the same again only after 360°)."""
+TWIN_MAX_GAP_PX = 0.15
+"""...and their centres of mass by at most this much: a seventh of a class of position."""
+TWIN_REACH = 3
+"""Classes of position either way searched for a twin: a heart's centroid circles by 1–2 px."""
+
+
+def turn_twins_classes(n: int, *, seed: int = 0,
+                       render: Callable[[np.ndarray], np.ndarray] = render_dsprites) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` pairs of hearts, ``(a, b)`` classes ``(n, 6)`` each, of one scale, at least
+    ``TWIN_MIN_TURN_DEG`` apart in turn, whose centres of mass lie within ``TWIN_MAX_GAP_PX``.
+
+    A turned heart's centroid lies 1–2 px off its position, so a heart moved a class or two
+    and turned the other way can put its centroid where the first one's was. For each random
+    heart a (positions ``TWIN_REACH`` classes off the border), every turn at a's position is
+    rendered; b is the turn and shift of up to ``TWIN_REACH`` classes whose predicted centroid
+    (turn's centroid plus the shift in pixels) is nearest a's, rendered to check the gap.
+    Hearts whose nearest twin is further are drawn again.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    rng = np.random.default_rng(seed)
+    col = {name: FACTOR_NAMES.index(name) for name in ("shape", "orientation", "posX", "posY")}
+    turns = FACTOR_SIZES[col["orientation"]]
+    angle = np.degrees(FACTOR_VALUES[col["orientation"]])        # 0 and 360 are one picture
+    apart = np.abs(angle[:, None] - angle[None, :]) % 360.0
+    far = np.minimum(apart, 360.0 - apart) >= TWIN_MIN_TURN_DEG  # (turn a, turn b)
+    shifts = np.array([(i, j) for i in range(-TWIN_REACH, TWIN_REACH + 1)
+                       for j in range(-TWIN_REACH, TWIN_REACH + 1) if (i, j) != (0, 0)])
+    found_a, found_b = [], []
+    for _ in range(20):
+        a = random_classes(2 * n, rng)
+        a[:, col["shape"]] = SHAPES.index("heart")
+        for axis in ("posX", "posY"):
+            a[:, col[axis]] = rng.integers(TWIN_REACH, FACTOR_SIZES[col[axis]] - TWIN_REACH, len(a))
+        every = np.repeat(a, turns, axis=0)
+        every[:, col["orientation"]] = np.tile(np.arange(turns), len(a))
+        centre = pixel_centroid(render(every)).reshape(len(a), turns, 2)
+        px = translation_px(a, render)                                           # (N, 2)
+        own = centre[np.arange(len(a)), a[:, col["orientation"]]]               # (N, 2)
+        guess = centre[:, None, :, :] + (shifts[None, :, None, :] * px[:, None, None, :])  # (N, S, T, 2)
+        gap = np.linalg.norm(guess - own[:, None, None, :], axis=-1)
+        gap[~np.broadcast_to(far[a[:, col["orientation"]]][:, None, :], gap.shape)] = np.inf
+        best = gap.reshape(len(a), -1).argmin(axis=1)
+        s, t = np.unravel_index(best, gap.shape[1:])
+        b = a.copy()
+        b[:, col["orientation"]] = t
+        b[:, col["posX"]] += shifts[s, 0]
+        b[:, col["posY"]] += shifts[s, 1]
+        true_gap = np.linalg.norm(pixel_centroid(render(b)) - own, axis=1)
+        keep = true_gap <= TWIN_MAX_GAP_PX
+        found_a.append(a[keep])
+        found_b.append(b[keep])
+        if sum(len(f) for f in found_a) >= n:
+            return np.concatenate(found_a)[:n], np.concatenate(found_b)[:n]
+    raise RuntimeError(f"bug: under {n} heart twins found in 20 rounds of {2 * n} hearts")
+
+
+def translation_px(classes: np.ndarray, render: Callable[[np.ndarray], np.ndarray] = render_dsprites) -> np.ndarray:
+    """Pixels the centre of mass moves per class of posX and of posY, ``(N, 2)``, each sprite of
+    ``classes`` (N, 6) moved one class either way (about 1.03 px, up to pixelisation)."""
+    out = []
+    for a, axis in enumerate(("posX", "posY")):
+        step = np.zeros_like(classes)
+        step[:, FACTOR_NAMES.index(axis)] = 1
+        out.append((pixel_centroid(render(classes + step))[:, a] - pixel_centroid(render(classes - step))[:, a]) / 2)
+    return np.stack(out, axis=1)
+
+
+def turn_twins(encode: Callable[[np.ndarray], np.ndarray], reconstruct: Reconstruct | None = None, *,
+               pairs: int = 500, seed: int = 0, likelihood: str = "bernoulli",
+               render: Callable[[np.ndarray], np.ndarray] = render_dsprites) -> dict:
+    """Can the code tell two turns of a heart apart when their centres of mass coincide?
+
+    A code of the centroid carries a heart's turn only while the position is known; for
+    twins (:func:`turn_twins_classes`: a, and b turned at least 60° the other way and moved a
+    class or two, centroids within 0.15 px) it gives nearly the same code. Against each
+    twin pair, c is a turned to b's orientation in place (the same turns, centroids 1–3 px
+    apart). Returns:
+
+    * ``code_share``: mean ‖z_a − z_b‖ over mean ‖z_a − z_c‖, the part of the code's
+      answer to b's turn that is left when the centroid is matched (a centroid code:
+      the gap over the centroids' distance, under 0.15; a code of the turn alone: 1);
+    * with ``reconstruct``: ``told_apart_matched``, the share of pairs where each
+      twin's reconstruction prefers its own picture to the other's (likelihood), and
+      ``told_apart_in_place`` the same for a and c (chance of a blind pick 0.25;
+      identical reconstructions 0);
+    * ``gap_px`` and ``apart_px``: mean centroid distance of twins and of a and c;
+      ``turn_deg``: their mean turn apart.
+
+    encode : uint8 images (N, 64, 64) -> codes (N, D).
+    """
+    a, b = turn_twins_classes(pairs, seed=seed, render=render)
+    col = FACTOR_NAMES.index("orientation")
+    c = a.copy()
+    c[:, col] = b[:, col]
+    xa, xb, xc = render(a), render(b), render(c)
+    za, zb, zc = (np.asarray(encode(x), dtype=np.float64) for x in (xa, xb, xc))
+    ca, cb, cc = (pixel_centroid(x) for x in (xa, xb, xc))
+    turn = np.abs(np.degrees(FACTOR_VALUES[col][a[:, col]] - FACTOR_VALUES[col][b[:, col]])) % 360.0
+    moved = np.linalg.norm(za - zc, axis=1).mean()
+    out = {"pairs": pairs,
+           "turn_deg": float(np.minimum(turn, 360.0 - turn).mean()),
+           "gap_px": float(np.linalg.norm(ca - cb, axis=1).mean()),
+           "apart_px": float(np.linalg.norm(ca - cc, axis=1).mean()),
+           "code_share": float(np.linalg.norm(za - zb, axis=1).mean() / moved) if moved > 0 else float("nan")}
+    if reconstruct is not None:
+        out["told_apart_matched"] = _told_apart(reconstruct, xa, xb, likelihood)
+        out["told_apart_in_place"] = _told_apart(reconstruct, xa, xc, likelihood)
+    return out
+
+
+def _told_apart(reconstruct: Reconstruct, x: np.ndarray, y: np.ndarray, likelihood: str, chunk: int = 128) -> float:
+    """Share of pairs (x_i, y_i), uint8 ``(N, 64, 64)`` each, where x_i's reconstruction prefers x_i
+    to y_i and y_i's prefers y_i to x_i (strictly)."""
+    both = []
+    for start in range(0, len(x), chunk):
+        xs, ys = x[start:start + chunk], y[start:start + chunk]
+        pair = torch.from_numpy(np.stack([xs, ys], axis=1))                       # (B, 2, 64, 64)
+        nx = candidate_nll(reconstruct(xs), pair, likelihood)
+        ny = candidate_nll(reconstruct(ys), pair, likelihood)
+        both.append(((nx[:, 0] < nx[:, 1]) & (ny[:, 1] < ny[:, 0])).numpy())
+    return float(np.concatenate(both).mean())
+
+
 def reading_markdown(reading: dict[str, np.ndarray]) -> str:
     """One row per latent, the most informative first."""
     lines = ["| latent | KL (nats) | posterior sd | code sd | decoder gain |", "|---|---:|---:|---:|---:|"]
@@ -338,6 +465,16 @@ def following_markdown(following: dict[str, dict]) -> str:
     for run, f in following.items():
         lines.append(f"| {run} | {f['centroid_shift_px']:.2f} | {f['x']['follows']:.2f} | {f['x']['r2']:.2f} | "
                      f"{f['y']['follows']:.2f} | {f['y']['r2']:.2f} |")
+    return "\n".join(lines)
+
+
+def twins_markdown(twins: dict[str, dict]) -> str:
+    """One row per run: :func:`turn_twins`."""
+    lines = ["| run | turn apart (°) | centroid gap (px) | code share | told apart, centroids matched | "
+             "told apart, in place |", "|---|---:|---:|---:|---:|---:|"]
+    for run, t in twins.items():
+        lines.append(f"| {run} | {t['turn_deg']:.0f} | {t['gap_px']:.2f} | {t['code_share']:.2f} | "
+                     f"{t['told_apart_matched']:.2f} | {t['told_apart_in_place']:.2f} |")
     return "\n".join(lines)
 
 
@@ -373,16 +510,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--without-turn-shift", action="store_true",
                    help="decode from codes less the part that follows a turn's shift of the centre of mass "
                         "(a heart's centroid circles its position by 1-2 px as it turns)")
+    p.add_argument("--twins", type=int, default=500,
+                   help="pairs of hearts turned at least 60 degrees apart with coinciding centres of mass")
     p.add_argument("--out", help="write every run's result (with orientation by shape) to this JSON file")
     args = p.parse_args(argv)
     if args.images < 1:
         p.error(f"--images must be >= 1, got {args.images}")
+    if args.twins < 1:
+        p.error(f"--twins must be >= 1, got {args.twins}")
     try:
         latents = None if args.latents is None else [int(j) for j in args.latents.split(",")]
     except ValueError:
         p.error(f"--latents {args.latents!r} is not a comma-separated list of latent indices")
     classes = random_classes(args.images, np.random.default_rng(args.seed))
-    rows, readings, following = {}, {}, {}
+    rows, readings, following, twins = {}, {}, {}, {}
     for run in args.runs:
         model, cfg, _ = load_model(checkpoint_path(Path(run)), torch.device("cpu"))
         if latents is not None and not all(0 <= j < model.z_dim for j in latents):
@@ -391,7 +532,10 @@ def main(argv: list[str] | None = None) -> int:
                        else model_reconstruct(model, latents))
         rows[run] = decoded_factors(reconstruct, classes, likelihood=cfg.loss.likelihood)
         readings[run] = latent_reading(model, render_dsprites(classes[:READING_IMAGES]))
-        following[run] = centroid_following(make_encode(model, torch.device("cpu"), compile="off"), seed=args.seed)
+        encode = make_encode(model, torch.device("cpu"), compile="off")
+        following[run] = centroid_following(encode, seed=args.seed)
+        twins[run] = turn_twins(encode, model_reconstruct(model, latents), pairs=args.twins, seed=args.seed,
+                                likelihood=cfg.loss.likelihood)
     print(f"{args.images:,} images (seed {args.seed}); accuracy of the reconstruction's pick (chance):")
     print(markdown(rows))
     print("mean miss of the pick (chance): classes of scale and position; degrees of each shape's turn, "
@@ -403,10 +547,14 @@ def main(argv: list[str] | None = None) -> int:
     print("how far the position code follows a heart's centre of mass when the heart turns (1: as far as "
           "when it is translated; 0: not at all), and the share of that movement the centroid explains:")
     print(following_markdown(following))
+    print(f"{args.twins} heart twins: turned at least {TWIN_MIN_TURN_DEG:g} degrees apart, centres of mass "
+          f"within {TWIN_MAX_GAP_PX:g} px (code share: what is left of the code's answer to the turn when the "
+          "centroid is matched; told apart: each reconstruction prefers its own picture):")
+    print(twins_markdown(twins))
     if args.out:
         record = {"images": args.images, "seed": args.seed, "latents": latents,
                   "without_turn_shift": args.without_turn_shift, "runs": rows,
                   "latent_reading": {run: {k: v.tolist() for k, v in r.items()} for run, r in readings.items()},
-                  "centroid_following": following}
+                  "centroid_following": following, "turn_twins": twins}
         Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
     return 0

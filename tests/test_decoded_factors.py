@@ -104,18 +104,22 @@ def test_cli_reports_a_trained_run(smoke_run, tmp_path, capsys):
     from bcvae import cli
 
     out = tmp_path / "decoded.json"
-    assert cli.main(["decoded-factors", str(smoke_run), "--images", "24", "--out", str(out)]) == 0
+    assert cli.main(["decoded-factors", str(smoke_run), "--images", "24", "--twins", "16", "--out", str(out)]) == 0
     text = capsys.readouterr().out
+    assert "| run | turn apart (°) | centroid gap (px) | code share | told apart, centroids matched |" in text
     assert "| run | shape | scale | orientation | posX | posY |" in text and "| run | scale | posX | posY | square ° | ellipse ° | heart ° |" in text
     assert "| latent | KL (nats) | posterior sd | code sd | decoder gain |" in text
     saved = json.loads(out.read_text())
     assert saved["images"] == 24 and list(saved["runs"]) == [str(smoke_run)]
     assert len(saved["latent_reading"][str(smoke_run)]["decoder_gain"]) == 10   # smoke.yaml: ten latents
+    twins = saved["turn_twins"][str(smoke_run)]
+    assert twins["pairs"] == 16 and 0.0 <= twins["told_apart_matched"] <= 1.0 and twins["gap_px"] <= 0.15
     for factor, result in saved["runs"][str(smoke_run)].items():
         assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 < result["chance"] <= 1.0, factor
 
 
-@pytest.mark.parametrize("args, message", [(["--images", "0"], "--images"), (["--latents", "1,x"], "--latents"),
+@pytest.mark.parametrize("args, message", [(["--images", "0"], "--images"), (["--twins", "0"], "--twins"),
+                                           (["--latents", "1,x"], "--latents"),
                                            (["--latents", "0,99"], "latents 0 to")])
 def test_cli_refuses_bad_arguments_in_one_line(smoke_run, capsys, args, message):
     from bcvae import cli
@@ -249,3 +253,59 @@ def test_cli_decodes_without_the_turn_shift(smoke_run, tmp_path, capsys):
     assert saved["without_turn_shift"] is True
     following = saved["centroid_following"][str(smoke_run)]
     assert following["centroid_shift_px"] > 0.8 and set(following) == {"centroid_shift_px", "x", "y"}
+
+
+def test_heart_twins_differ_in_turn_and_share_a_centroid():
+    from bcvae.decoded_factors import pixel_centroid, turn_twins_classes
+
+    a, b = turn_twins_classes(40, seed=5)
+    again = turn_twins_classes(40, seed=5)
+    assert np.array_equal(a, again[0]) and np.array_equal(b, again[1])
+    heart, scale = FACTOR_NAMES.index("shape"), FACTOR_NAMES.index("scale")
+    assert (a[:, heart] == 2).all() and (b[:, heart] == 2).all() and (a[:, scale] == b[:, scale]).all()
+    # measured here from the renderer's own angles (40 values over [0°, 360°]) and pixels
+    degrees = np.linspace(0.0, 360.0, 40)
+    turn = np.abs(degrees[a[:, ORIENTATION]] - degrees[b[:, ORIENTATION]])
+    assert (np.minimum(turn, 360.0 - turn) >= 60.0).all()
+    assert (np.linalg.norm(pixel_centroid(render_dsprites(a)) - pixel_centroid(render_dsprites(b)), axis=1)
+            <= 0.15).all()
+    assert (a[:, POSX] != b[:, POSX]).any() and (np.abs(a[:, POSX:] - b[:, POSX:]) <= 3).all()
+
+
+def test_turn_twins_of_codes_and_decoders_with_known_answers():
+    from bcvae.decoded_factors import pixel_centroid, turn_twins, turn_twins_classes
+
+    render = Recorder()
+    a, b = turn_twins_classes(30, seed=1)
+    c = a.copy()
+    c[:, ORIENTATION] = b[:, ORIENTATION]
+    gap = np.linalg.norm(pixel_centroid(render_dsprites(a)) - pixel_centroid(render_dsprites(b)), axis=1)
+    apart = np.linalg.norm(pixel_centroid(render_dsprites(a)) - pixel_centroid(render_dsprites(c)), axis=1)
+
+    def turn_only(images):
+        angle = np.linspace(0.0, 2 * np.pi, 40)[render.classes_of(images)[:, ORIENTATION]]
+        return np.stack([np.cos(angle), np.sin(angle)], axis=1)
+
+    def exact(images):                            # draws each picture with sure logits
+        return torch.from_numpy(images).float() * 60 - 30
+
+    def blur(images):                             # the same drawing for every picture
+        return torch.zeros(len(images), 64, 64)
+
+    # a code of the centroid moves by the twins' gap where the turn in place moves it by the centroids' distance
+    centroid = turn_twins(pixel_centroid, exact, pairs=30, seed=1, render=render)
+    assert centroid["code_share"] == pytest.approx(gap.mean() / apart.mean(), rel=1e-9)
+    assert centroid["code_share"] < 0.1 and centroid["gap_px"] == pytest.approx(gap.mean())
+    assert centroid["told_apart_matched"] == 1.0 and centroid["told_apart_in_place"] == 1.0
+    turned = turn_twins(turn_only, blur, pairs=30, seed=1, render=render)
+    assert turned["code_share"] == pytest.approx(1.0, abs=1e-12)     # twins differ in turn as much as in place
+    assert turned["told_apart_matched"] == 0.0 and turned["told_apart_in_place"] == 0.0
+    twin_of = {image.tobytes(): twin for image, twin in zip(render_dsprites(b), render_dsprites(a))}
+
+    def one_drawing(images):                      # draws a twin b as its twin a, every other picture exactly
+        return exact(np.stack([twin_of.get(image.tobytes(), image) for image in images]))
+
+    alike = turn_twins(pixel_centroid, one_drawing, pairs=30, seed=1, render=render)
+    assert alike["told_apart_matched"] == 0.0 and alike["told_apart_in_place"] == 1.0
+    assert turn_twins(pixel_centroid, pairs=3, render=render).keys() == {
+        "pairs", "turn_deg", "gap_px", "apart_px", "code_share"}
