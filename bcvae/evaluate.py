@@ -182,24 +182,41 @@ def main(args) -> dict:
     for key, value in scores.items():
         print(f"{key:<{width}}{value:>10.4f}")
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result["seconds"].items()))
-    if is_pretrained(ckpt_path):  # the recorded eval.json stays as shipped; no W&B run to log to
-        out = ckpt_path / "eval_rerun.json"
-    else:
-        out = ckpt_path.parent / "eval.json"
+    out, why = _eval_file(ckpt_path, result)
     previous = read_json(out)
     merged = merge_evaluations(previous, result)
     write_json(out, merged)
     kept = sorted(set(merged["scores"]) - set(result["scores"]))
     if kept:
-        print(f"wrote {out} (kept its earlier {', '.join(kept)} of the same step and sampling)")
+        print(f"wrote {out} (kept its earlier {', '.join(kept)} of the same step and sampling){why}")
     elif previous is not None and set(previous.get("scores") or {}) - set(result["scores"]):
         print(f"wrote {out}, replacing an evaluation of another step or sampling "
-              f"(step {previous.get('step')}, {_sampling(previous)})")
+              f"(step {previous.get('step')}, {_sampling(previous)}){why}")
     else:
-        print(f"wrote {out}")
+        print(f"wrote {out}{why}")
     if not args.no_wandb and not is_pretrained(ckpt_path):
         _log_to_run(ckpt_path, result, scores)
     return result
+
+
+def _eval_file(ckpt_path: Path, result: dict) -> tuple[Path, str]:
+    """Where ``bcvae eval`` writes ``result``, and why when it is not the run's ``eval.json``.
+
+    ``eval.json`` is the run's evaluation of record (the results tables and ``bcvae export``
+    read it). A pretrained directory's stays as shipped, and so does a run's when it holds
+    this very step evaluated with another sampling (``--seed``, ``--num-points``): that
+    re-evaluation goes to ``eval_rerun.json`` beside it. An evaluation of a newer step
+    replaces the record, which follows the weights.
+    """
+    if is_pretrained(ckpt_path):  # no W&B run to log to either
+        return ckpt_path / "eval_rerun.json", ""
+    record = ckpt_path.parent / "eval.json"
+    previous = read_json(record)
+    if (isinstance(previous, dict) and previous.get("step") == result["step"]
+            and isinstance(previous.get("scores"), dict) and _sampling(previous) != _sampling(result)):
+        return ckpt_path.parent / "eval_rerun.json", (f"; {record} holds this step with another sampling "
+                                                      f"({_sampling(previous)}) and stays as it is")
+    return record, ""
 
 
 # What must agree for two evaluations' scores to sit in one file: the same weights and

@@ -55,19 +55,6 @@ def test_heldout_batches_mix_the_sorted_fold_whatever_the_order_given(smoke_run)
     assert again == terms and all((a == b).all() for a, b in zip(batches, batches_again))
 
 
-def test_eval_cli_writes_json_and_logs_to_the_run(smoke_run):
-    proc = subprocess.run([sys.executable, "-m", "bcvae", "eval", str(smoke_run), "--metrics", "mig,sap",
-                           "--num-points", "500"], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr
-    assert "mig" in proc.stdout and "sap" in proc.stdout
-    result = json.loads((smoke_run / "eval.json").read_text())
-    assert set(result["scores"]) >= {"mig", "sap"} and result["settings"]["num_points"] == 500
-    import wandb_records
-
-    rows = wandb_records.history(smoke_run)
-    assert any("eval/mig" in r and r["_step"] == result["step"] for r in rows)
-
-
 def _eval(run, *args):
     proc = subprocess.run([sys.executable, "-m", "bcvae", "eval", str(run), "--no-wandb", "--num-points", "500", *args],
                           cwd=ROOT, capture_output=True, text=True)
@@ -75,19 +62,56 @@ def _eval(run, *args):
     return proc.stdout, json.loads((run / "eval.json").read_text())
 
 
-def test_eval_of_a_few_metrics_keeps_the_others_of_the_same_step_and_sampling(smoke_run, tmp_path):
+def _unevaluated_copy(smoke_run, tmp_path):
+    """The smoke run without the evaluation its training wrote (other settings than ``_eval``'s)."""
     run = tmp_path / "run"
     shutil.copytree(smoke_run, run)
+    (run / "eval.json").unlink(missing_ok=True)
+    return run
+
+
+def test_eval_cli_writes_json_and_logs_to_the_run(smoke_run, tmp_path):
+    run = _unevaluated_copy(smoke_run, tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "bcvae", "eval", str(run), "--metrics", "mig,sap",
+                           "--num-points", "500"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "mig" in proc.stdout and "sap" in proc.stdout
+    result = json.loads((run / "eval.json").read_text())
+    assert set(result["scores"]) >= {"mig", "sap"} and result["settings"]["num_points"] == 500
+    import wandb_records
+
+    rows = wandb_records.history(run)
+    assert any("eval/mig" in r and r["_step"] == result["step"] for r in rows)
+
+
+def test_eval_of_a_few_metrics_keeps_the_others_of_the_same_step_and_sampling(smoke_run, tmp_path):
+    run = _unevaluated_copy(smoke_run, tmp_path)
     _, first = _eval(run, "--metrics", "mig,sap")
     out, second = _eval(run, "--metrics", "sap")
     assert "kept its earlier mig" in out
     assert second["scores"]["mig"] == first["scores"]["mig"]          # not re-run, kept
     assert second["scores"]["sap"] == first["scores"]["sap"]          # re-run with the same points: same score
     assert set(second["settings"]) >= {"mig", "sap"} and set(second["seconds"]) >= {"mig", "sap"}
-    # Another sampling seed draws other points: the earlier mig no longer belongs beside this sap.
+    # Another sampling seed draws other points: they go beside the record, which stays whole.
     out, third = _eval(run, "--metrics", "sap", "--seed", "3")
+    assert "eval_rerun.json" in out and "stays as it is" in out
+    assert third == second
+    rerun = json.loads((run / "eval_rerun.json").read_text())
+    assert set(rerun["scores"]) == {"sap"} and rerun["settings"]["seed"] == 3
+    out, _ = _eval(run, "--metrics", "mig", "--seed", "3")          # the re-run file merges by the same rule
+    assert "kept its earlier sap" in out
+    assert set(json.loads((run / "eval_rerun.json").read_text())["scores"]) >= {"mig", "sap"}
+
+
+def test_eval_of_a_newer_step_replaces_the_record(smoke_run, tmp_path):
+    run = _unevaluated_copy(smoke_run, tmp_path)
+    _, first = _eval(run, "--metrics", "mig,sap")
+    stale = {**first, "step": first["step"] - 1, "settings": {**first["settings"], "seed": 7}}
+    (run / "eval.json").write_text(json.dumps(stale))
+    out, second = _eval(run, "--metrics", "sap")
     assert "replacing an evaluation of another step or sampling" in out
-    assert set(third["scores"]) == {"sap"} and third["settings"]["seed"] == 3
+    assert set(second["scores"]) == {"sap"} and second["step"] == first["step"]
+    assert not (run / "eval_rerun.json").exists()
 
 
 def test_merge_evaluations_keeps_nothing_of_another_step():
