@@ -120,22 +120,31 @@ def _plain(v):
 
 
 def markdown_table(rows: list[dict]) -> str:
-    """Mean ± std over seeds per experiment."""
+    """Mean ± std over seeds per experiment. A score that only some of an experiment's rows
+    hold (rows written before ``bcvae reproduce`` recorded it) is marked with how many; a
+    legend under the table says so."""
     head = "| experiment | objective | seeds | " + " | ".join(c[1] for c in COLUMNS) + " |"
     lines = [head, "|" + "---|" * (3 + len(COLUMNS))]
+    missing = False
     for exp in dict.fromkeys(r["experiment"] for r in rows):
         group = [r for r in rows if r["experiment"] == exp]
         cells = []
         for key, _ in COLUMNS:
             values = np.array([r[key] for r in group if r.get(key) is not None], dtype=float)
+            missing |= len(values) < len(group)
             if len(values) == 0:
                 cells.append("–")
-            elif len(values) == 1:
-                cells.append(f"{values[0]:.3g}" if key in ("recon_nll", "kl") else f"{values[0]:.3f}")
+                continue
+            if len(values) == 1:
+                cell = f"{values[0]:.3g}" if key in ("recon_nll", "kl") else f"{values[0]:.3f}"
             else:
                 fmt = ".1f" if key in ("recon_nll", "kl") else ".3f"
-                cells.append(f"{values.mean():{fmt}} ± {values.std(ddof=1):{fmt}}")
+                cell = f"{values.mean():{fmt}} ± {values.std(ddof=1):{fmt}}"
+            cells.append(cell if len(values) == len(group) else f"{cell} ({len(values)} of {len(group)} seeds)")
         lines.append(f"| {exp} | {group[0]['objective']} | {len(group)} | " + " | ".join(cells) + " |")
+    if missing:
+        lines += ["", "–: not in these rows; they were written before `bcvae reproduce` recorded that score "
+                      "(each row's `provenance.created` says when)."]
     return "\n".join(lines)
 
 

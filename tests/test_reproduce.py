@@ -54,6 +54,25 @@ def test_table_is_mean_and_sample_std_over_seeds():
     assert cells[3] == f"{31.0:.1f} ± {np.std([30, 32, 31], ddof=1):.1f}"
     assert cells[5] == f"{0.2:.3f} ± {np.std([0.1, 0.3, 0.2], ddof=1):.3f}"
     assert cells[4] == "–"  # no KL values given
+    assert "–: not in these rows" in table
+
+
+def test_table_says_when_only_some_seeds_hold_a_score():
+    rows = [dict.fromkeys(REQUIRED, None) | {"experiment": "e", "objective": "beta", "seed": s, "recon_nll": 30.0,
+                                               "kl": 5.0, "mig": m}
+            for s, m in [(0, 0.1), (1, None), (2, 0.3)]]
+    columns = [c[0] for c in reproduce.COLUMNS]
+    for row in rows:
+        row.update({key: 0.5 for key in columns if key not in ("recon_nll", "kl", "mig")})
+    table = reproduce.markdown_table(rows)
+    line = next(l for l in table.splitlines() if l.startswith("| e |"))
+    cells = [c.strip() for c in line.strip("|").split("|")]
+    assert cells[3 + columns.index("mig")] == f"{0.2:.3f} ± {np.std([0.1, 0.3], ddof=1):.3f} (2 of 3 seeds)"
+    assert cells[3 + columns.index("sap")] == "0.500 ± 0.000"
+    assert "not in these rows" in table
+    for row in rows:
+        row["mig"] = 0.2
+    assert "not in these rows" not in reproduce.markdown_table(rows)
 
 
 @pytest.mark.parametrize("args, message", [
