@@ -280,9 +280,7 @@ def translation_gain(encode: Callable[[np.ndarray], np.ndarray], classes: np.nda
     for a, axis in enumerate(("posX", "posY")):
         column = FACTOR_NAMES.index(axis)
         classes[:, column] = np.clip(classes[:, column], 1, FACTOR_SIZES[column] - 2)
-        step = np.zeros_like(classes)
-        step[:, column] = 1
-        ahead, behind = render(classes + step), render(classes - step)
+        ahead, behind = _one_class_either_way(classes, axis, render)
         pixels = pixel_centroid(ahead)[:, a] - pixel_centroid(behind)[:, a]
         codes = np.asarray(encode(ahead), np.float64) - np.asarray(encode(behind), np.float64)
         gain.append((codes / pixels[:, None]).mean(axis=0))
@@ -388,10 +386,17 @@ def translation_px(classes: np.ndarray, render: Callable[[np.ndarray], np.ndarra
     ``classes`` (N, 6) moved one class either way (about 1.03 px, up to pixelisation)."""
     out = []
     for a, axis in enumerate(("posX", "posY")):
-        step = np.zeros_like(classes)
-        step[:, FACTOR_NAMES.index(axis)] = 1
-        out.append((pixel_centroid(render(classes + step))[:, a] - pixel_centroid(render(classes - step))[:, a]) / 2)
+        ahead, behind = _one_class_either_way(classes, axis, render)
+        out.append((pixel_centroid(ahead)[:, a] - pixel_centroid(behind)[:, a]) / 2)
     return np.stack(out, axis=1)
+
+
+def _one_class_either_way(classes: np.ndarray, axis: str,
+                          render: Callable[[np.ndarray], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The sprites of ``classes`` (N, 6) rendered one class of ``axis`` ahead and one behind."""
+    step = np.zeros_like(classes)
+    step[:, FACTOR_NAMES.index(axis)] = 1
+    return render(classes + step), render(classes - step)
 
 
 def turn_twins(encode: Callable[[np.ndarray], np.ndarray], reconstruct: Reconstruct | None = None, *,

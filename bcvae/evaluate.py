@@ -182,8 +182,7 @@ def main(args) -> dict:
     for key, value in scores.items():
         print(f"{key:<{width}}{value:>10.4f}")
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in result["seconds"].items()))
-    out, why = _eval_file(ckpt_path, result)
-    previous = read_json(out)
+    out, previous, why = _eval_file(ckpt_path, result)
     merged = merge_evaluations(previous, result)
     write_json(out, merged)
     kept = sorted(set(merged["scores"]) - set(result["scores"]))
@@ -199,8 +198,9 @@ def main(args) -> dict:
     return result
 
 
-def _eval_file(ckpt_path: Path, result: dict) -> tuple[Path, str]:
-    """Where ``bcvae eval`` writes ``result``, and why when it is not the run's ``eval.json``.
+def _eval_file(ckpt_path: Path, result: dict) -> tuple[Path, dict | None, str]:
+    """Where ``bcvae eval`` writes ``result``, what that file holds now (None: nothing
+    readable), and why when it is not the run's ``eval.json``.
 
     ``eval.json`` is the run's evaluation of record (the results tables and ``bcvae export``
     read it). A pretrained directory's stays as shipped, and so does a run's when it holds
@@ -209,14 +209,16 @@ def _eval_file(ckpt_path: Path, result: dict) -> tuple[Path, str]:
     replaces the record, which follows the weights.
     """
     if is_pretrained(ckpt_path):  # no W&B run to log to either
-        return ckpt_path / "eval_rerun.json", ""
+        rerun = ckpt_path / "eval_rerun.json"
+        return rerun, read_json(rerun), ""
     record = ckpt_path.parent / "eval.json"
     previous = read_json(record)
     if (isinstance(previous, dict) and previous.get("step") == result["step"]
             and isinstance(previous.get("scores"), dict) and _sampling(previous) != _sampling(result)):
-        return ckpt_path.parent / "eval_rerun.json", (f"; {record} holds this step with another sampling "
-                                                      f"({_sampling(previous)}) and stays as it is")
-    return record, ""
+        rerun = ckpt_path.parent / "eval_rerun.json"
+        return rerun, read_json(rerun), (f"; {record} holds this step with another sampling "
+                                         f"({_sampling(previous)}) and stays as it is")
+    return record, previous, ""
 
 
 # What must agree for two evaluations' scores to sit in one file: the same weights and
