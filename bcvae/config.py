@@ -154,6 +154,12 @@ class TrainConfig:
     """Adam β1 of the VAE."""
     adam_beta2: float = 0.999
     """Adam β2 of the VAE."""
+    adam_eps: float = 1e-8
+    """Adam ε of the VAE (torch's default; the papers do not state theirs)."""
+    grad_clip: float = 0.0
+    """> 0 = scale the VAE's gradient down to this global L2 norm whenever it is larger, before the
+    Adam step (``torch.nn.utils.clip_grad_norm_``; the norm before clipping is logged as
+    ``train/grad_norm``). 0 = no clipping, as in the papers."""
     lr_decay: float = 1.0
     """Multiply the learning rate by this factor every lr_decay_epochs epochs (1.0 = constant)."""
     lr_decay_epochs: int = 1
@@ -516,6 +522,9 @@ def validate(cfg: Config, source: str) -> None:
     _check(l.disc_lr > 0, source, "loss.disc_lr", f"must be > 0, got {l.disc_lr}")
     for key in ("adam_beta1", "adam_beta2"):
         _check(0 <= getattr(t, key) < 1, source, f"train.{key}", f"must be in [0, 1), got {getattr(t, key)}")
+    _check(math.isfinite(t.adam_eps) and t.adam_eps > 0, source, "train.adam_eps", f"must be > 0, got {t.adam_eps}")
+    _check(math.isfinite(t.grad_clip) and t.grad_clip >= 0, source, "train.grad_clip",
+           f"must be finite and >= 0, got {t.grad_clip}")
     for key in ("disc_beta1", "disc_beta2"):
         _check(0 <= getattr(l, key) < 1, source, f"loss.{key}", f"must be in [0, 1), got {getattr(l, key)}")
     _check(t.epochs >= 1, source, "train.epochs", f"must be >= 1, got {t.epochs}")

@@ -46,6 +46,9 @@ ROWS = {
                               ["loss.warm_start_steps=1000", "loss.warm_start_until_mi=10",
                                "loss.gamma_warmup_steps=2000"]),
     "lr1e-4": ("Adam lr 1e-4 (disentanglement_lib)", ["train.lr=1.0e-4"]),
+    "beta2-0.99": ("Adam β₂ = 0.99", ["train.adam_beta2=0.99"]),
+    "eps1e-4": ("Adam ε = 1e-4", ["train.adam_eps=1.0e-4"]),
+    "clip100": ("gradient norm clipped to 100", ["train.grad_clip=100"]),
 }
 # Settings of every plateau run that do not change its trajectory: no metrics, fewer pictures.
 QUIET = ["eval.at_end=false", "log.every_images=4000", "train.val_max_batches=8"]

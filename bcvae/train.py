@@ -92,11 +92,11 @@ def sample_posterior(model: VAE, x: torch.Tensor, eps: torch.Tensor | None = Non
     return model.reparameterise(*model.encode(x), eps)
 
 
-def _adam(params, lr: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
+def _adam(params, lr: float, betas: tuple[float, float], eps: float = 1e-8) -> torch.optim.Optimizer:
     """Adam with the fused kernel (one pass over every parameter) on CPU and CUDA, where torch has it."""
     params = list(params)
     fused = params[0].device.type in ("cpu", "cuda")
-    return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused)
+    return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, fused=fused)
 
 
 class Trainer:
@@ -176,7 +176,8 @@ class Trainer:
         seed_everything(cfg.seed)
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         self.model = VAE(cfg.model.z_dim, cfg.model.arch).to(self.device, memory_format=self.memory_format)
-        self.opt = _adam(self.model.parameters(), cfg.train.lr, (cfg.train.adam_beta1, cfg.train.adam_beta2))
+        self.opt = _adam(self.model.parameters(), cfg.train.lr, (cfg.train.adam_beta1, cfg.train.adam_beta2),
+                         cfg.train.adam_eps)
         self.disc = discriminator_for(cfg.loss.objective, cfg.model.z_dim)  # FactorVAE's, else None
         self.disc_opt = None
         if self.disc is not None:
@@ -403,6 +404,10 @@ class Trainer:
                                    dataset_size=len(self.split.train), warm_end=self.warm_end())
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.train.grad_clip:
+            # DDP has already averaged the gradients, so every process clips the same vector.
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.train.grad_clip)
+            terms = {**terms, "grad_norm": norm.detach()}
         self.opt.step()
         if self.disc is not None:
             terms = {**terms, **self._discriminator_step(z, x_other)}
