@@ -13,6 +13,7 @@ quotes it); every row states the command that trains it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -98,6 +99,29 @@ def exit_summary(rows: list[dict], threshold: float = PLATEAU_NLL, tolerance: fl
     return out
 
 
+def merge_rows(kept: list[dict], new: list[dict]) -> list[dict]:
+    """``kept`` rows whose (row, seed) ``new`` does not summarise again, plus ``new``; in ``ROWS``
+    order, then by seed (rows of a key no longer in ``ROWS`` last)."""
+    fresh = {(r["row"], r["seed"]) for r in new}
+    merged = [r for r in kept if (r["row"], r["seed"]) not in fresh] + new
+    order = {key: i for i, key in enumerate(ROWS)}
+    return sorted(merged, key=lambda r: (order.get(r["row"], len(order)), r["seed"]))
+
+
+def _read_rows(path: Path, p) -> list[dict]:
+    """The rows of an earlier ``plateau.json`` (none when the file is absent)."""
+    if not path.is_file():
+        return []
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        p.error(f"{path}: not a plateau table ({err}); move it aside or leave out --keep-rows")
+    if not (isinstance(rows, list) and all(isinstance(r, dict) and {"row", "seed"} <= r.keys() for r in rows)):
+        p.error(f"{path}: not a plateau table (a list of rows with 'row' and 'seed'); "
+                "move it aside or leave out --keep-rows")
+    return rows
+
+
 def _fmt(value, spec: str) -> str:
     """``value`` formatted by ``spec``; "–" for a missing value. A value that rounds to
     zero prints without a sign: the MI estimate scatters around 0 on the plateau."""
@@ -156,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=8000, help="training steps of every run")
     p.add_argument("--jobs", type=int, default=2, help="trainings side by side, one thread each")
     p.add_argument("--no-train", action="store_true", help="summarise the runs as they are")
+    p.add_argument("--keep-rows", action="store_true",
+                   help="keep the rows <out>/plateau.json holds for other (row, seed) pairs (their runs may be gone)")
     p.add_argument("--out", default="results")
     p.add_argument("--figure", default="", help="also draw these runs (key:seed,...) into <out>/plateau.png")
     args = p.parse_args(argv)
@@ -185,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append({"row": key, "label": ROWS[key][0], "seed": seed, "command": command(key, seed, args.steps),
                         "run_dir": str(run_dir), **summary})
     out = Path(args.out)
+    if args.keep_rows:
+        results = merge_rows(_read_rows(out / "plateau.json", p), results)
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "plateau.json", results)
     table = markdown_table(results)

@@ -119,3 +119,47 @@ def test_figure_draws_each_run_as_a_row():
     assert [line.get_label() for line in info.get_lines()] == ["KL", "I(x; z)", "KL(q(z) ‖ p(z))", "C"]
     assert list(info.get_lines()[1].get_ydata()) == [0.25, 0.5]
     assert list(fig.axes[1].get_lines()[0].get_ydata()) == [520.0, 470.0]
+
+
+def _summarise(tmp_path, key: str, seed: int, rec: float, *extra: str) -> list[dict]:
+    """Write one run's two-row log, summarise it with ``bcvae plateau --no-train``, return the table rows."""
+    run = tmp_path / "runs" / plateau.run_name(key, seed) / "fold0"
+    run.mkdir(parents=True)
+    rows = [_row(50, 570.0, 0.0, 0.0, 0.0), _row(100, rec, 0.8, 0.1, 0.6)]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert plateau.main(["--rows", key, "--seeds", str(seed), "--no-train", *extra]) == 0
+    return json.loads((tmp_path / "results" / "plateau.json").read_text())
+
+
+def test_keep_rows_adds_new_rows_to_the_table_in_the_study_order(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _summarise(tmp_path, "clip100", 0, 450.0)
+    assert [(r["row"], r["seed"]) for r in _summarise(tmp_path, "gamma100", 1, 450.0)] == [("gamma100", 1)]
+    _summarise(tmp_path, "clip100", 1, 560.0, "--keep-rows")
+    table = _summarise(tmp_path, "gamma1000", 0, 570.0, "--keep-rows")
+    # kept rows stay; ROWS order, then seed, whatever order they were summarised in
+    assert [(r["row"], r["seed"]) for r in table] == [("gamma1000", 0), ("gamma100", 1), ("clip100", 1)]
+    md = (tmp_path / "results" / "plateau.md").read_text()
+    assert md.index("| γ = 1000 (the paper) | 0 |") < md.index("| γ = 100 | 1 |") < md.index("clipped to 100 | 1 |")
+    # summarising a (row, seed) again replaces its row rather than adding a second
+    (tmp_path / "runs" / plateau.run_name("gamma100", 1) / "fold0" / "metrics.jsonl").write_text(
+        json.dumps(_row(50, 400.0, 0.1, 0.1, 0.1)) + "\n")
+    assert plateau.main(["--rows", "gamma100", "--seeds", "1", "--no-train", "--keep-rows"]) == 0
+    again = json.loads((tmp_path / "results" / "plateau.json").read_text())
+    assert [(r["row"], r["seed"], r["exit_step"]) for r in again] == [
+        ("gamma1000", 0, None), ("gamma100", 1, 50), ("clip100", 1, None)]
+
+
+def test_keep_rows_refuses_a_file_that_is_not_a_plateau_table(tmp_path, monkeypatch, capsys):
+    from bcvae import cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "plateau.json").write_text('{"rows": 3}')
+    run = tmp_path / "runs" / plateau.run_name("gamma100", 0) / "fold0"
+    run.mkdir(parents=True)
+    (run / "metrics.jsonl").write_text(json.dumps(_row(50, 570.0, 0.0, 0.0, 0.0)) + "\n")
+    assert cli.main(["plateau", "--rows", "gamma100", "--seeds", "0", "--no-train", "--keep-rows"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "results/plateau.json: not a plateau table" in err[0], err
+    assert (tmp_path / "results" / "plateau.json").read_text() == '{"rows": 3}'  # nothing lost
