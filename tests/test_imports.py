@@ -149,6 +149,8 @@ MAY_IMPORT = {
     "bcvae.factor_costs": {"bcvae.data", "bcvae.errors"},
     "bcvae.shift_forces": {"bcvae.checkpoint", "bcvae.data", "bcvae.errors", "bcvae.latents", "bcvae.losses",
                            "bcvae.model"},
+    "bcvae.adam_steps": {"bcvae.checkpoint", "bcvae.data", "bcvae.errors", "bcvae.latents", "bcvae.losses",
+                         "bcvae.model"},
     "bcvae.plateau": {"bcvae.checkpoint", "bcvae.errors", "bcvae.latents", "bcvae.reproduce", "bcvae.track",
                       "bcvae.viz"},
 }
