@@ -65,6 +65,11 @@ def adam_denominators(opt_state: dict) -> list[Tensor]:
     return out
 
 
+def _norm(tensors) -> float:
+    """The L2 norm of all the elements of ``tensors`` together, summed in float64."""
+    return sum(float((t.double() ** 2).sum()) for t in tensors) ** 0.5
+
+
 def share(grads: list[Tensor], denominators: list[Tensor], seen: list[Tensor]) -> float:
     """‖g‖ / ‖√v̂ + ε‖ over the elements Adam has seen a gradient for (``seen``: v̂ > 0).
 
@@ -73,9 +78,8 @@ def share(grads: list[Tensor], denominators: list[Tensor], seen: list[Tensor]) -
     elements (units off for these images) have no gradient at all, and the few elements with
     a tiny v̂ would dominate a mean.
     """
-    num = sum(float((g[s].double() ** 2).sum()) for g, s in zip(grads, seen))
-    den = sum(float((d[s].double() ** 2).sum()) for d, s in zip(denominators, seen))
-    return (num / den) ** 0.5 if den else float("nan")
+    den = _norm(d[s] for d, s in zip(denominators, seen))
+    return _norm(g[s] for g, s in zip(grads, seen)) / den if den else float("nan")
 
 
 def step_shares(model: VAE, opt_state: dict, grads: dict[str, list[Tensor]]) -> dict[str, dict[str, float]]:
@@ -92,7 +96,7 @@ def step_shares(model: VAE, opt_state: dict, grads: dict[str, list[Tensor]]) -> 
         out[part] = {}
         for term in TERMS:
             g = [grads[term][i] for i in idx]
-            out[part][f"{term}_norm"] = float(torch.sqrt(sum((t.double() ** 2).sum() for t in g)))
+            out[part][f"{term}_norm"] = _norm(g)
             out[part][f"{term}_share"] = share(g, [denominators[i] for i in idx], [seen[i] for i in idx])
     return out
 
@@ -102,7 +106,7 @@ def clip(grads: dict[str, list[Tensor]], max_norm: float) -> tuple[dict[str, lis
     (``max_norm`` 0 = no clipping). Returns the scaled terms and the factor."""
     if not max_norm:
         return grads, 1.0
-    norm = sum(float(((a + b).double() ** 2).sum()) for a, b in zip(grads["rec"], grads["reg"])) ** 0.5
+    norm = _norm(a + b for a, b in zip(grads["rec"], grads["reg"]))
     factor = min(1.0, max_norm / norm) if norm else 1.0
     return {t: [g * factor for g in grads[t]] for t in TERMS}, factor
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from bcvae.checkpoint import run_path
 from bcvae.errors import ArgumentParser
-from bcvae.reproduce import parse_seeds, train_one
+from bcvae.reproduce import merge_rows, parse_seeds, train_one
 
 log = logging.getLogger("bcvae")
 
@@ -97,15 +97,6 @@ def exit_summary(rows: list[dict], threshold: float = PLATEAU_NLL, tolerance: fl
         out.update(max_overshoot_after=float(gaps.max()), max_abs_gap_after=float(np.abs(gaps).max()),
                    settled_step=after[settled]["step"] if settled < len(after) else None)
     return out
-
-
-def merge_rows(kept: list[dict], new: list[dict]) -> list[dict]:
-    """``kept`` rows whose (row, seed) ``new`` does not summarise again, plus ``new``; in ``ROWS``
-    order, then by seed (rows of a key no longer in ``ROWS`` last)."""
-    fresh = {(r["row"], r["seed"]) for r in new}
-    merged = [r for r in kept if (r["row"], r["seed"]) not in fresh] + new
-    order = {key: i for i, key in enumerate(ROWS)}
-    return sorted(merged, key=lambda r: (order.get(r["row"], len(order)), r["seed"]))
 
 
 def _read_rows(path: Path, p) -> list[dict]:
@@ -212,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                         "run_dir": str(run_dir), **summary})
     out = Path(args.out)
     if args.keep_rows:
-        results = merge_rows(_read_rows(out / "plateau.json", p), results)
+        results = merge_rows(_read_rows(out / "plateau.json", p), results, list(ROWS), key="row")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "plateau.json", results)
     table = markdown_table(results)

@@ -243,13 +243,14 @@ def earlier_rows(path: Path, parser: ArgumentParser) -> list[dict]:
     return rows
 
 
-def merge_rows(kept: list[dict], new: list[dict], order: list[str]) -> list[dict]:
-    """``new`` and the rows of ``kept`` for (experiment, seed) pairs ``new`` does not have,
-    sorted by experiment (``order`` first, then as they come) and seed."""
-    fresh = {(r["experiment"], r["seed"]) for r in new}
-    rows = [r for r in kept if (r["experiment"], r["seed"]) not in fresh] + list(new)
-    rank = {e: i for i, e in enumerate(dict.fromkeys([*order, *(r["experiment"] for r in rows)]))}
-    return sorted(rows, key=lambda r: (rank[r["experiment"]], r["seed"]))
+def merge_rows(kept: list[dict], new: list[dict], order: list[str], key: str = "experiment") -> list[dict]:
+    """``new`` and the rows of ``kept`` for (``key``, seed) pairs ``new`` does not have, sorted by
+    ``key`` (``order`` first, then as they come) and seed. ``key``: ``"experiment"`` for the
+    results tables, ``"row"`` for the plateau study's."""
+    fresh = {(r[key], r["seed"]) for r in new}
+    rows = [r for r in kept if (r[key], r["seed"]) not in fresh] + list(new)
+    rank = {e: i for i, e in enumerate(dict.fromkeys([*order, *(r[key] for r in rows)]))}
+    return sorted(rows, key=lambda r: (rank[r[key]], r["seed"]))
 
 
 def parse_seeds(text: str, parser: ArgumentParser) -> list[int]:
