@@ -123,6 +123,9 @@ def run_shares(run: Path, images: int = 1024, seed: int = 0, batch: int = 256) -
     if cfg.loss.objective not in OBJECTIVES:
         raise CheckpointError(f"{run} trains objective {cfg.loss.objective!r}; adam-steps reads "
                               f"{' and '.join(OBJECTIVES)} (the others' regularisers need more than the VAE)")
+    if cfg.train.optimizer != "adam":
+        raise CheckpointError(f"{run} trains with train.optimizer={cfg.train.optimizer}; adam-steps reads Adam's "
+                              "second moment, which only an Adam run keeps")
     if not isinstance(ckpt.get("opt"), dict):
         raise CheckpointError(f"{path} holds no optimiser state (a pretrained/ directory keeps the VAE only); "
                               "give the run directory")

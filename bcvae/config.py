@@ -32,6 +32,7 @@ SOURCES = ("auto", "dsprites", "procedural")
 ARCHS = ("burgess", "original")
 KL_SCALES = ("none", "batch_over_n")
 COMPILE_MODES = ("auto", "on", "graphs", "off")
+OPTIMIZERS = ("adam", "sgd")
 METRICS = ("mig", "sap", "dci", "beta_vae", "factor_vae")
 """Disentanglement metrics (bcvae.metrics), the choices of ``eval.metrics``."""
 EVAL_METRICS = (*METRICS, "mig_full_grid", "latent_information")
@@ -148,8 +149,14 @@ class TrainConfig:
     after a log row, so the resumed log equals an uninterrupted one row for row."""
     batch_size: int = 64
     """Training batch size (global, across all processes)."""
+    optimizer: str = "adam"
+    """The VAE's optimiser: ``adam`` (the papers') or ``sgd`` (heavy-ball momentum ``sgd_momentum``,
+    no per-parameter scaling: the step is ``lr`` times the gradient, so the reconstruction's step on a
+    parameter does not shrink when another term's gradients grow; docs/capacity_plateau.md)."""
+    sgd_momentum: float = 0.9
+    """SGD's momentum μ (``train.optimizer=sgd``): v ← μ·v + g, θ ← θ − lr·v (torch's form)."""
     lr: float = 5e-4
-    """Adam learning rate of the VAE."""
+    """Learning rate of the VAE (Adam's step size, or SGD's factor on the gradient)."""
     adam_beta1: float = 0.9
     """Adam β1 of the VAE."""
     adam_beta2: float = 0.999
@@ -158,7 +165,7 @@ class TrainConfig:
     """Adam ε of the VAE (torch's default; the papers do not state theirs)."""
     grad_clip: float = 0.0
     """> 0 = scale the VAE's gradient down to this global L2 norm whenever it is larger, before the
-    Adam step (``torch.nn.utils.clip_grad_norm_``; the norm before clipping is logged as
+    optimiser's step (``torch.nn.utils.clip_grad_norm_``; the norm before clipping is logged as
     ``train/grad_norm``). 0 = no clipping, as in the papers."""
     lr_decay: float = 1.0
     """Multiply the learning rate by this factor every lr_decay_epochs epochs (1.0 = constant)."""
@@ -518,6 +525,8 @@ def validate(cfg: Config, source: str) -> None:
     _check(l.c_steps >= 1, source, "loss.c_steps", f"must be >= 1, got {l.c_steps}")
     for key in ("gamma_warmup_steps", "warm_start_steps"):
         _check(getattr(l, key) >= 0, source, f"loss.{key}", f"must be >= 0, got {getattr(l, key)}")
+    _one_of(t.optimizer, OPTIMIZERS, source, "train.optimizer")
+    _check(0 <= t.sgd_momentum < 1, source, "train.sgd_momentum", f"must be in [0, 1), got {t.sgd_momentum}")
     _check(math.isfinite(t.lr) and t.lr > 0, source, "train.lr", f"must be > 0, got {t.lr}")
     _check(l.disc_lr > 0, source, "loss.disc_lr", f"must be > 0, got {l.disc_lr}")
     for key in ("adam_beta1", "adam_beta2"):

@@ -23,7 +23,7 @@ import numpy as np
 
 from bcvae.checkpoint import run_path
 from bcvae.errors import ArgumentParser
-from bcvae.reproduce import merge_rows, parse_seeds, train_one
+from bcvae.reproduce import earlier_rows, merge_rows, parse_seeds, train_one
 
 log = logging.getLogger("bcvae")
 
@@ -50,6 +50,8 @@ ROWS = {
     "beta2-0.99": ("Adam β₂ = 0.99", ["train.adam_beta2=0.99"]),
     "eps1e-4": ("Adam ε = 1e-4", ["train.adam_eps=1.0e-4"]),
     "clip100": ("gradient norm clipped to 100", ["train.grad_clip=100"]),
+    "sgd1e-4": ("SGD, momentum 0.9, lr 1e-4 (no per-parameter scaling)", ["train.optimizer=sgd", "train.lr=1.0e-4"]),
+    "sgd1e-3": ("SGD, momentum 0.9, lr 1e-3", ["train.optimizer=sgd", "train.lr=1.0e-3"]),
 }
 # Settings of every plateau run that do not change its trajectory: no metrics, fewer pictures.
 QUIET = ["eval.at_end=false", "log.every_images=4000", "train.val_max_batches=8"]
@@ -97,20 +99,6 @@ def exit_summary(rows: list[dict], threshold: float = PLATEAU_NLL, tolerance: fl
         out.update(max_overshoot_after=float(gaps.max()), max_abs_gap_after=float(np.abs(gaps).max()),
                    settled_step=after[settled]["step"] if settled < len(after) else None)
     return out
-
-
-def _read_rows(path: Path, p) -> list[dict]:
-    """The rows of an earlier ``plateau.json`` (none when the file is absent)."""
-    if not path.is_file():
-        return []
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        p.error(f"{path}: not a plateau table ({err}); move it aside or leave out --keep-rows")
-    if not (isinstance(rows, list) and all(isinstance(r, dict) and {"row", "seed"} <= r.keys() for r in rows)):
-        p.error(f"{path}: not a plateau table (a list of rows with 'row' and 'seed'); "
-                "move it aside or leave out --keep-rows")
-    return rows
 
 
 def _fmt(value, spec: str) -> str:
@@ -203,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                         "run_dir": str(run_dir), **summary})
     out = Path(args.out)
     if args.keep_rows:
-        results = merge_rows(_read_rows(out / "plateau.json", p), results, list(ROWS), key="row")
+        results = merge_rows(earlier_rows(out / "plateau.json", p, key="row"), results, list(ROWS), key="row")
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "plateau.json", results)
     table = markdown_table(results)

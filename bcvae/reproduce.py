@@ -226,20 +226,20 @@ def run_names(jobs: list[tuple[str, int]], pattern: str, parser: ArgumentParser)
     return names
 
 
-def earlier_rows(path: Path, parser: ArgumentParser) -> list[dict]:
-    """The rows an earlier ``reproduce`` wrote to ``path`` (none when it does not exist); a file
-    that is not a list of rows with an experiment and a seed is a usage error naming it, raised
-    before any run is trained or evaluated."""
+def earlier_rows(path: Path, parser: ArgumentParser, key: str = "experiment") -> list[dict]:
+    """The rows an earlier run of a table command wrote to ``path`` (none when it does not exist):
+    ``key`` is ``"experiment"`` for reproduce's tables, ``"row"`` for the plateau study's. A file
+    that is not a list of rows with a string ``key`` and an integer seed is a usage error naming
+    it, raised before any run is trained or evaluated."""
     if not path.exists():
         return []
     try:
-        rows = json.loads(path.read_text())
+        rows = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
         parser.error(f"--keep-rows: cannot read {path} ({err})")
     if not isinstance(rows, list) or not all(
-            isinstance(r, dict) and isinstance(r.get("experiment"), str) and isinstance(r.get("seed"), int)
-            for r in rows):
-        parser.error(f"--keep-rows: {path} is not a list of results rows with 'experiment' and 'seed'")
+            isinstance(r, dict) and isinstance(r.get(key), str) and isinstance(r.get("seed"), int) for r in rows):
+        parser.error(f"--keep-rows: {path} is not a list of results rows with '{key}' and 'seed'")
     return rows
 
 

@@ -99,6 +99,13 @@ def _adam(params, lr: float, betas: tuple[float, float], eps: float = 1e-8) -> t
     return torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, fused=fused)
 
 
+def _vae_optimiser(params, train_cfg) -> torch.optim.Optimizer:
+    """The VAE's optimiser, ``train.optimizer``: Adam (the papers') or SGD with heavy-ball momentum."""
+    if train_cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=train_cfg.lr, momentum=train_cfg.sgd_momentum)
+    return _adam(params, train_cfg.lr, (train_cfg.adam_beta1, train_cfg.adam_beta2), train_cfg.adam_eps)
+
+
 class Trainer:
     """Trains one config on one fold; resumes from ``checkpoint.pt`` when present.
 
@@ -176,8 +183,7 @@ class Trainer:
         seed_everything(cfg.seed)
         self.memory_format = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
         self.model = VAE(cfg.model.z_dim, cfg.model.arch).to(self.device, memory_format=self.memory_format)
-        self.opt = _adam(self.model.parameters(), cfg.train.lr, (cfg.train.adam_beta1, cfg.train.adam_beta2),
-                         cfg.train.adam_eps)
+        self.opt = _vae_optimiser(self.model.parameters(), cfg.train)
         self.disc = discriminator_for(cfg.loss.objective, cfg.model.z_dim)  # FactorVAE's, else None
         self.disc_opt = None
         if self.disc is not None:

@@ -10,7 +10,7 @@ import torch
 from bcvae import adam_steps, config
 from bcvae.losses import vae_loss
 from bcvae.model import VAE
-from conftest import ROOT
+from conftest import ROOT, smoke_overrides
 
 PAPER = ROOT / "experiments" / "capacity25_paper.yaml"
 
@@ -96,6 +96,16 @@ def test_clipping_scales_both_terms_by_the_factor_their_sum_is_clipped_by():
     assert adam_steps.clip(g, 10.0)[1] == 1.0 and adam_steps.clip(g, 0.0) == (g, 1.0)
 
 
+def sgd_run(tmp_path):
+    """Two steps of the smoke model trained with SGD: a checkpoint with no second moment."""
+    from bcvae import train
+
+    cfg = config.load(ROOT / "experiments" / "smoke.yaml", smoke_overrides(tmp_path / "sgd") + [
+        "train.optimizer=sgd", "train.max_steps=2", "eval.at_end=false", "log.wandb_mode=disabled"])
+    train.train(cfg)
+    return train.run_dir_for(cfg)
+
+
 def test_cli_on_a_run_and_its_one_line_refusals(smoke_run, tmp_path, capsys):
     from bcvae import cli
 
@@ -111,5 +121,8 @@ def test_cli_on_a_run_and_its_one_line_refusals(smoke_run, tmp_path, capsys):
         assert cli.main(["adam-steps", str(ROOT / "pretrained" / run), "--images", "8"]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
+    assert cli.main(["adam-steps", str(sgd_run(tmp_path)), "--images", "8"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "train.optimizer=sgd; adam-steps reads Adam's second moment" in err[0], err
     assert cli.main(["adam-steps", str(smoke_run), "--images", "1"]) == 2
     assert "--images must be >= 2" in capsys.readouterr().err

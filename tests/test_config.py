@@ -74,7 +74,8 @@ def test_wrong_types(tmp_path, text, key):
     ("train.batch_size=0", "train.batch_size"), ("loss.gamma=-1", "loss.gamma"),
     ("loss.latent_kl_max=2", "loss.latent_kl_max"),   # ten latents of 2 nats cannot hold C_max = 25
     ("train.adam_eps=0", "train.adam_eps"), ("train.grad_clip=-1", "train.grad_clip"),
-    ("train.grad_clip=.inf", "train.grad_clip"),
+    ("train.grad_clip=.inf", "train.grad_clip"), ("train.optimizer=rmsprop", "train.optimizer"),
+    ("train.sgd_momentum=1", "train.sgd_momentum"), ("train.sgd_momentum=-0.1", "train.sgd_momentum"),
 ])
 def test_out_of_range(tmp_path, override, key):
     msg = error_of(write(tmp_path, ""), [override])

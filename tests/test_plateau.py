@@ -150,16 +150,21 @@ def test_keep_rows_adds_new_rows_to_the_table_in_the_study_order(tmp_path, monke
         ("gamma1000", 0, None), ("gamma100", 1, 50), ("clip100", 1, None)]
 
 
-def test_keep_rows_refuses_a_file_that_is_not_a_plateau_table(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("text,message", [
+    ('{"rows": 3}', "is not a list of results rows with 'row' and 'seed'"),
+    ('[{"experiment": "beta4", "seed": 0}]', "is not a list of results rows with 'row' and 'seed'"),  # reproduce's
+    ('[{"row": "gamma100", "seed": 0}', "cannot read results/plateau.json"),
+])
+def test_keep_rows_refuses_a_file_that_is_not_a_plateau_table(tmp_path, monkeypatch, capsys, text, message):
     from bcvae import cli
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "results").mkdir()
-    (tmp_path / "results" / "plateau.json").write_text('{"rows": 3}')
+    (tmp_path / "results" / "plateau.json").write_text(text)
     run = tmp_path / "runs" / plateau.run_name("gamma100", 0) / "fold0"
     run.mkdir(parents=True)
     (run / "metrics.jsonl").write_text(json.dumps(_row(50, 570.0, 0.0, 0.0, 0.0)) + "\n")
     assert cli.main(["plateau", "--rows", "gamma100", "--seeds", "0", "--no-train", "--keep-rows"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "results/plateau.json: not a plateau table" in err[0], err
-    assert (tmp_path / "results" / "plateau.json").read_text() == '{"rows": 3}'  # nothing lost
+    assert len(err) == 1 and "--keep-rows:" in err[0] and message in err[0], err
+    assert (tmp_path / "results" / "plateau.json").read_text() == text  # nothing lost
