@@ -11,7 +11,9 @@ comparison within the same checkpoint::
     python -m bcvae adam-steps runs/plateau-clip100-seed0/fold0 --images 1024
 
 Objectives ``capacity`` and ``beta`` (the others' regularisers need a discriminator or the
-dataset size). Needs a run's ``checkpoint.pt``: ``pretrained/`` keeps no optimiser state.
+dataset size). Needs a run's ``checkpoint.pt``: ``pretrained/`` keeps no optimiser state. A run
+trained with SGD (``train.optimizer=sgd``) has no second moment: its step is lr times the
+(momentum-averaged) gradient, so only the terms' norms are reported.
 """
 
 from __future__ import annotations
@@ -82,14 +84,17 @@ def share(grads: list[Tensor], denominators: list[Tensor], seen: list[Tensor]) -
     return _norm(g[s] for g, s in zip(grads, seen)) / den if den else float("nan")
 
 
-def step_shares(model: VAE, opt_state: dict, grads: dict[str, list[Tensor]]) -> dict[str, dict[str, float]]:
-    """Per part (encoder, decoder) and term: the gradient's L2 norm and its :func:`share` of a full Adam step."""
+def step_shares(model: VAE, opt_state: dict | None, grads: dict[str, list[Tensor]]) -> dict[str, dict[str, float]]:
+    """Per part (encoder, decoder) and term: the gradient's L2 norm and its :func:`share` of a full Adam
+    step (None without Adam's state, ``opt_state`` None: an SGD run)."""
     names = [name for name, _ in model.named_parameters()]
-    denominators = adam_denominators(opt_state)
-    if len(denominators) != len(names):
-        raise CheckpointError(f"the optimiser state holds {len(denominators)} parameters, the model {len(names)}")
-    eps = opt_state["param_groups"][0]["eps"]
-    seen = [d > eps for d in denominators]
+    denominators = seen = None
+    if opt_state is not None:
+        denominators = adam_denominators(opt_state)
+        if len(denominators) != len(names):
+            raise CheckpointError(f"the optimiser state holds {len(denominators)} parameters, the model {len(names)}")
+        eps = opt_state["param_groups"][0]["eps"]
+        seen = [d > eps for d in denominators]
     out = {}
     for part in PARTS:
         idx = [i for i, name in enumerate(names) if name.startswith(part + ".")]
@@ -97,7 +102,8 @@ def step_shares(model: VAE, opt_state: dict, grads: dict[str, list[Tensor]]) -> 
         for term in TERMS:
             g = [grads[term][i] for i in idx]
             out[part][f"{term}_norm"] = _norm(g)
-            out[part][f"{term}_share"] = share(g, [denominators[i] for i in idx], [seen[i] for i in idx])
+            out[part][f"{term}_share"] = None if denominators is None else share(
+                g, [denominators[i] for i in idx], [seen[i] for i in idx])
     return out
 
 
@@ -123,9 +129,6 @@ def run_shares(run: Path, images: int = 1024, seed: int = 0, batch: int = 256) -
     if cfg.loss.objective not in OBJECTIVES:
         raise CheckpointError(f"{run} trains objective {cfg.loss.objective!r}; adam-steps reads "
                               f"{' and '.join(OBJECTIVES)} (the others' regularisers need more than the VAE)")
-    if cfg.train.optimizer != "adam":
-        raise CheckpointError(f"{run} trains with train.optimizer={cfg.train.optimizer}; adam-steps reads Adam's "
-                              "second moment, which only an Adam run keeps")
     if not isinstance(ckpt.get("opt"), dict):
         raise CheckpointError(f"{path} holds no optimiser state (a pretrained/ directory keeps the VAE only); "
                               "give the run directory")
@@ -141,8 +144,13 @@ def run_shares(run: Path, images: int = 1024, seed: int = 0, batch: int = 256) -
         g = {t: [v * weight for v in g[t]] for t in TERMS}
         total = g if total is None else {t: [a + b for a, b in zip(total[t], g[t])] for t in TERMS}
     total, factor = clip(total, cfg.train.grad_clip)
-    return {"run": str(run), "step": ckpt["step"], "images": images, "seed": seed, "clip_factor": factor,
-            **step_shares(model, ckpt["opt"], total)}
+    adam_state = ckpt["opt"] if cfg.train.optimizer == "adam" else None
+    return {"run": str(run), "step": ckpt["step"], "optimizer": cfg.train.optimizer, "images": images, "seed": seed,
+            "clip_factor": factor, **step_shares(model, adam_state, total)}
+
+
+def _fmt(share_value: float | None) -> str:
+    return "–" if share_value is None else f"{share_value:.3g}"  # None: an SGD run has no Adam step
 
 
 def markdown(rows: list[dict]) -> str:
@@ -153,7 +161,7 @@ def markdown(rows: list[dict]) -> str:
         for part in PARTS:
             p = r[part]
             lines.append(f"| {r['run']} | {r['step']:,} | {part} | {p['rec_norm']:.3g} | {p['reg_norm']:.3g} "
-                         f"| {p['rec_share']:.3g} | {p['reg_share']:.3g} |")
+                         f"| {_fmt(p['rec_share'])} | {_fmt(p['reg_share'])} |")
     return "\n".join(lines)
 
 

@@ -97,7 +97,7 @@ def test_clipping_scales_both_terms_by_the_factor_their_sum_is_clipped_by():
 
 
 def sgd_run(tmp_path):
-    """Two steps of the smoke model trained with SGD: a checkpoint with no second moment."""
+    """Two steps of the smoke model trained with SGD: a checkpoint without Adam's second moment."""
     from bcvae import train
 
     cfg = config.load(ROOT / "experiments" / "smoke.yaml", smoke_overrides(tmp_path / "sgd") + [
@@ -121,8 +121,11 @@ def test_cli_on_a_run_and_its_one_line_refusals(smoke_run, tmp_path, capsys):
         assert cli.main(["adam-steps", str(ROOT / "pretrained" / run), "--images", "8"]) == 1
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
-    assert cli.main(["adam-steps", str(sgd_run(tmp_path)), "--images", "8"]) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "train.optimizer=sgd; adam-steps reads Adam's second moment" in err[0], err
+    # An SGD run has no second moment: the terms' norms, and no shares.
+    assert cli.main(["adam-steps", str(sgd_run(tmp_path)), "--images", "8", "--out", str(out)]) == 0
+    assert "| – | – |" in capsys.readouterr().out
+    (sgd,) = __import__("json").loads(out.read_text())
+    assert sgd["optimizer"] == "sgd" and sgd["decoder"]["reg_norm"] == 0.0 and sgd["encoder"]["rec_norm"] > 0
+    assert all(sgd[part][f"{term}_share"] is None for part in adam_steps.PARTS for term in adam_steps.TERMS)
     assert cli.main(["adam-steps", str(smoke_run), "--images", "1"]) == 2
     assert "--images must be >= 2" in capsys.readouterr().err
