@@ -13,7 +13,6 @@ quotes it); every row states the command that trains it.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
