@@ -265,12 +265,15 @@ def kl_split(z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int, terms: di
     whatever the code's true I(x; z): a value near log N says "the batch's codes are apart",
     not "the code identifies every image". (The truth is bounded too: I(x; z) ≤ H(x) = log N.)
     Reuses the β-TCVAE objective's own values when present. No gradients, no RNG.
+    Computed in float64: a posterior variance below float32's range (log σ² < −88, which an
+    unstable run reaches) makes exp(−log σ²) infinite and z − μ exactly 0, and their product
+    NaN in float32.
     """
     if {"mi", "tc", "dw_kl"} <= terms.keys():
         mi, tc, dw_kl = terms["mi"], terms["tc"], terms["dw_kl"]
     else:
-        mi, tc, dw_kl = tc_decomposition(z, mu, logvar, dataset_size, "mss")
-    return {"mi": mi, "marginal_kl": tc + dw_kl}
+        mi, tc, dw_kl = tc_decomposition(z.double(), mu.double(), logvar.double(), dataset_size, "mss")
+    return {"mi": mi.to(z.dtype), "marginal_kl": (tc + dw_kl).to(z.dtype)}
 
 
 def conditional_warm_start(loss_cfg: Any) -> bool:
