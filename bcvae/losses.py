@@ -184,9 +184,15 @@ def discriminator_loss(discriminator: nn.Module, z: Tensor, z_other: Tensor,
 
 
 def _log_density_matrix(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
-    """log q(z_i,d | x_j) = log N(z_i,d; μ_j,d, σ²_j,d) for every pair (i, j): (B, B, D)."""
+    """log q(z_i,d | x_j) = log N(z_i,d; μ_j,d, σ²_j,d) for every pair (i, j): (B, B, D).
+
+    Where σ_j,d underflows, z_j,d = μ_j,d exactly and exp(−log σ²) is infinite: the square term
+    of such a pair is taken as 0 (its sample's ε² is lost with σ) instead of 0·inf = NaN. Only
+    an unstable run gets there; elsewhere the values and gradients are the plain formula's."""
     diff = z.unsqueeze(1) - mu.unsqueeze(0)
-    return -0.5 * (LOG_2PI + logvar.unsqueeze(0) + diff.pow(2) * torch.exp(-logvar.unsqueeze(0)))
+    square = diff.pow(2) * torch.exp(-logvar.unsqueeze(0))
+    square = torch.where(diff == 0, torch.zeros_like(square), square)
+    return -0.5 * (LOG_2PI + logvar.unsqueeze(0) + square)
 
 
 def _log_mss_weights(batch: int, dataset_size: int) -> Tensor:
@@ -265,9 +271,8 @@ def kl_split(z: Tensor, mu: Tensor, logvar: Tensor, dataset_size: int, terms: di
     whatever the code's true I(x; z): a value near log N says "the batch's codes are apart",
     not "the code identifies every image". (The truth is bounded too: I(x; z) ≤ H(x) = log N.)
     Reuses the β-TCVAE objective's own values when present. No gradients, no RNG.
-    Computed in float64: a posterior variance below float32's range (log σ² < −88, which an
-    unstable run reaches) makes exp(−log σ²) infinite and z − μ exactly 0, and their product
-    NaN in float32.
+    Computed in float64, so that posterior variances below float32's range (log σ² < −88,
+    which an unstable run reaches) keep their sample's ε² term in log q(z|x).
     """
     if {"mi", "tc", "dw_kl"} <= terms.keys():
         mi, tc, dw_kl = terms["mi"], terms["tc"], terms["dw_kl"]
