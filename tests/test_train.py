@@ -98,6 +98,19 @@ def test_budget_stop_then_resume_equals_uninterrupted(tmp_path):
     assert overshoot[first_resumed] < overshoot[:first_resumed].max(), "the check needs a maximum to carry over"
 
 
+def test_an_sgd_run_resumes_exactly(tmp_path):
+    # SGD's momentum buffer is part of the optimiser state the checkpoint carries: without it the
+    # resumed steps would restart the momentum and the parameters would differ.
+    sgd = ("train.optimizer=sgd", "train.lr=1e-4", "train.max_steps=12")
+    whole = train.Trainer(load(tmp_path / "a", *sgd))
+    whole.fit()
+    part = load(tmp_path / "b", *sgd[:2], "train.max_steps=5")
+    train.train(part)
+    assert checkpoint.load_checkpoint(train.run_dir_for(part) / "checkpoint.pt")["opt"]["state"]
+    train.train(load(tmp_path / "b", *sgd))
+    assert_same_params(params(whole.dir), params(train.run_dir_for(part)))
+
+
 def _batch_mi(cfg: config.Config, monkeypatch) -> tuple[train.Trainer, list[float]]:
     """Train ``cfg``; returns the trainer and the I(x; z) its update k (1-based) read, at index k − 1."""
     mi, real_step = [], train.Trainer._guarded_step
