@@ -190,8 +190,7 @@ def _log_density_matrix(z: Tensor, mu: Tensor, logvar: Tensor) -> Tensor:
     of such a pair is taken as 0 (its sample's ε² is lost with σ) instead of 0·inf = NaN. Only
     an unstable run gets there; elsewhere the values and gradients are the plain formula's."""
     diff = z.unsqueeze(1) - mu.unsqueeze(0)
-    square = diff.pow(2) * torch.exp(-logvar.unsqueeze(0))
-    square = torch.where(diff == 0, torch.zeros_like(square), square)
+    square = (diff.pow(2) * torch.exp(-logvar.unsqueeze(0))).masked_fill(diff == 0, 0.0)
     return -0.5 * (LOG_2PI + logvar.unsqueeze(0) + square)
 
 
