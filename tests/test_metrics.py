@@ -444,6 +444,18 @@ def test_mig_full_grid_known_answers():
         metrics.mig_full_grid(prior[:-1], prior[:-1], **kwargs)
 
 
+@pytest.mark.parametrize("logvar", [-120.0, -3000.0])
+def test_mig_full_grid_reads_collapsed_posteriors(logvar):
+    # σ² = e^-120 underflows in float32: each sample z lands exactly on its own mean and
+    # exp(-log σ²) is infinite. The code is still the ground truth at distinct values, so
+    # the known answers of test_mig_full_grid_known_answers hold (not 0·inf = NaN).
+    kwargs = dict(factor_sizes=SMALL, n_samples=1000, device="cpu")
+    for mixed, expected in ((False, 1.0), (True, 0.5)):
+        mean, lv = small_grid_posterior(mixed=mixed)
+        lv[lv < 0] = logvar
+        assert metrics.mig_full_grid(mean, lv, **kwargs) == pytest.approx(expected, abs=0.03)
+
+
 
 def test_latent_information_splits_each_kl_into_information_and_marginal_mismatch():
     from torch.distributions import Normal, kl_divergence

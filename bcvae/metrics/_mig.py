@@ -95,6 +95,19 @@ def mig_per_factor(codes: np.ndarray, factors: np.ndarray, *, num_bins: int = 20
 # ---------------------------------------------------------------- MIG over the full grid (Chen's estimator)
 
 
+def _precision(logvar):
+    """1/σ² = exp(−log σ²), ``logvar``'s shape, capped at the dtype's largest finite value.
+
+    Below log σ² ≈ −88 (float32) exp(−log σ²) is infinite, and a sample drawn at its own
+    component's mean (σ underflows, so z − μ is exactly 0) would give 0·inf = NaN. The cap
+    makes that square term 0 and leaves every other one at least 10³⁸ below zero, where the
+    logsumexp ignores it as it would the exact value; only a collapsed posterior gets there.
+    """
+    import torch
+
+    return torch.exp(-logvar).clamp(max=torch.finfo(logvar.dtype).max)
+
+
 def _log_mixture(points, mu, logvar, budget: int):
     """log q(z_d) = log 1/M sum_m N(z_d; mu_md, exp(logvar_md)) at ``points (S, D)``: ``(S, D)`` tensor.
 
@@ -107,7 +120,7 @@ def _log_mixture(points, mu, logvar, budget: int):
 
     (s_total, d), m_total = points.shape, mu.shape[0]
     mu_t = mu.T.contiguous()
-    neg_half_precision = (-0.5 * torch.exp(-logvar)).T.contiguous()
+    neg_half_precision = (-0.5 * _precision(logvar)).T.contiguous()
     log_norm = (-0.5 * (logvar + math.log(2 * math.pi))).T.contiguous()
     s_chunk = min(s_total, 1024)
     m_chunk = max(1, budget // (d * s_chunk))
@@ -134,7 +147,7 @@ def _log_joint_mixture(points, mu, logvar, budget: int):
 
     (s_total, d), m_total = points.shape, mu.shape[0]
     mu_t = mu.T.contiguous()
-    neg_half_precision = (-0.5 * torch.exp(-logvar)).T.contiguous()
+    neg_half_precision = (-0.5 * _precision(logvar)).T.contiguous()
     log_norm = (-0.5 * (logvar + math.log(2 * math.pi))).sum(dim=1)  # (M,)
     s_chunk = min(s_total, 256)
     m_chunk = max(1, budget // s_chunk)
