@@ -296,15 +296,24 @@ def history_dir(row: dict, pretrained: Path) -> Path | None:
 
 
 def write_seeds_figure(rows: list[dict], path: Path, pretrained: Path = Path("pretrained")) -> Path | None:
-    """Reconstruction NLL and KL over training of every seed, one row per experiment."""
+    """Reconstruction NLL and KL over training of every seed, one row per experiment.
+
+    A figure already at ``path`` is kept as it is when some row's training log is not on this
+    machine: redrawn, it would lose those rows' curves (``--keep-rows`` on a machine that holds
+    only the newest runs). Returns the path written, or None."""
     histories: dict[str, dict[str, list]] = {}
+    missing = []
     for r in rows:
         found = history_dir(r, pretrained)
         if found is None:
-            log.warning("%s seed %s: no training log at %s: left out of %s", r["experiment"], r["seed"],
-                        r.get("run_dir"), path)
+            missing.append(f"{r['experiment']} seed {r['seed']}")
             continue
         histories.setdefault(r["experiment"], {})[f"seed {r['seed']}"] = track.load_history(found)
+    if missing and path.exists():
+        log.warning("%s kept as it was: no training log on this machine for %s", path, ", ".join(missing))
+        return None
+    for name in missing:
+        log.warning("%s: no training log on this machine: left out of %s", name, path)
     if not histories:
         return None
     viz.seeds_figure(histories).savefig(path, dpi=110)

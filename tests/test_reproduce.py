@@ -192,3 +192,19 @@ def test_a_kept_row_whose_run_is_gone_draws_its_curves_from_the_model_exported_f
     path = reproduce.write_seeds_figure([row], tmp_path / "curves.png", pretrained)
     assert path is not None and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert reproduce.write_seeds_figure([{**row, "steps": 800}], tmp_path / "none.png", pretrained) is None
+
+
+def test_a_figure_is_not_redrawn_without_the_curves_of_rows_whose_logs_are_gone(tmp_path, caplog):
+    here = tmp_path / "runs" / "beta4_cpu-seed2" / "fold0"
+    here.mkdir(parents=True)
+    (here / "metrics.jsonl").write_text(json.dumps({"step": 1, "train/rec": 1.0, "train/kl": 1.0}) + "\n")
+    kept = {"experiment": "beta4_cpu", "seed": 0, "steps": 900, "run_dir": "/another/machine/runs/beta4_cpu-seed0/fold0"}
+    new = {"experiment": "beta4_cpu", "seed": 2, "steps": 1, "run_dir": str(here)}
+    path = tmp_path / "cpu_curves.png"
+    path.write_bytes(b"the figure of every seed")
+    with caplog.at_level("WARNING"):
+        assert reproduce.write_seeds_figure([kept, new], path, tmp_path / "pretrained") is None
+    assert path.read_bytes() == b"the figure of every seed"
+    assert "beta4_cpu seed 0" in caplog.text and "kept as it was" in caplog.text
+    assert reproduce.write_seeds_figure([new], path, tmp_path / "pretrained") == path  # every log here: redrawn
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
