@@ -102,6 +102,9 @@ def _precision(logvar):
     component's mean (σ underflows, so z − μ is exactly 0) would give 0·inf = NaN. The cap
     makes that square term 0 and leaves every other one at least 10³⁸ below zero, where the
     logsumexp ignores it as it would the exact value; only a collapsed posterior gets there.
+    The training loss guards the same 0·inf with a mask on z − μ == 0 instead
+    (``losses._log_density_matrix``), which keeps its gradients finite; no gradient flows here,
+    and the cap is one op on the (M, D) table where a mask would cost a pass in the inner loop.
     """
     import torch
 
