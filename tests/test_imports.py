@@ -146,6 +146,7 @@ MAY_IMPORT = {
     "bcvae.tc_bias": {"bcvae.checkpoint", "bcvae.data", "bcvae.errors", "bcvae.latents", "bcvae.losses"},
     "bcvae.decoded_factors": {"bcvae.checkpoint", "bcvae.data", "bcvae.encode", "bcvae.errors", "bcvae.latents",
                               "bcvae.losses", "bcvae.metrics"},
+    "bcvae.within_factors": {"bcvae.checkpoint", "bcvae.data", "bcvae.encode", "bcvae.errors", "bcvae.latents"},
     "bcvae.factor_costs": {"bcvae.data", "bcvae.errors"},
     "bcvae.shift_forces": {"bcvae.checkpoint", "bcvae.data", "bcvae.errors", "bcvae.latents", "bcvae.losses",
                            "bcvae.model"},
