@@ -124,19 +124,30 @@ def area_cells(z: np.ndarray, classes: np.ndarray, area: np.ndarray) -> list[dic
     return sorted(cells, key=lambda c: c["area"])
 
 
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's ρ of two samples without ties: the Pearson correlation of their ranks."""
+    ranks = [np.argsort(np.argsort(np.asarray(v))) for v in (a, b)]
+    return float(np.corrcoef(*ranks)[0, 1])
+
+
 def within_factors(encode: Encode, kl: np.ndarray | None, images: int = 20_000, seed: int = 0,
                    render: Callable[[np.ndarray], np.ndarray] = render_dsprites) -> dict:
     """:func:`latent_rows` of ``images`` uniform images, and :func:`area_cells` of the active latent
-    whose code follows the area most closely (``area_latent``; None without active latents)."""
+    whose code follows the area most closely (``area_latent``; None without active latents), with
+    ``cells_rank_r``, the rank correlation of the cells' mean codes with their mean areas (±1: the
+    latent orders the eighteen (scale, shape) cells as their areas do)."""
     classes = random_classes(images, np.random.default_rng(seed))
     pictures = render(classes)
     codes = np.asarray(encode(pictures), dtype=np.float64)
     area = sprite_area(pictures)
     rows = latent_rows(codes, classes, area, kl)
-    out = {"images": images, "seed": seed, "latents": rows, "area_latent": None, "area_cells": []}
+    out = {"images": images, "seed": seed, "latents": rows, "area_latent": None, "area_cells": [],
+           "cells_rank_r": None}
     if rows:
         best = max(rows, key=lambda r: abs(r["area_r"]))["latent"]
-        out["area_latent"], out["area_cells"] = best, area_cells(codes[:, best], classes, area)
+        cells = area_cells(codes[:, best], classes, area)
+        out.update(area_latent=best, area_cells=cells,
+                   cells_rank_r=rank_correlation([c["area"] for c in cells], [c["code"] for c in cells]))
     return out
 
 
@@ -160,7 +171,8 @@ def markdown(run: str, result: dict) -> str:
         lines.append(f"| z{r['latent']} | {kl} | {r['main']} ({r['eta2'][r['main']]:.2f}) | "
                      + " | ".join(cells) + f" | {r['area_r']:.3f} |")
     if result["area_latent"] is not None:
-        lines.append(f"z{result['area_latent']} by (scale, shape), in order of area: "
+        lines.append(f"z{result['area_latent']} by (scale, shape), in order of area (rank correlation of "
+                     f"code and area {result['cells_rank_r']:+.3f}): "
                      + ", ".join(f"{c['scale']}/{c['shape']} {c['area']:.0f} px {c['code']:+.2f}"
                                  for c in result["area_cells"]))
     return "\n".join(lines)

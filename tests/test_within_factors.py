@@ -11,7 +11,7 @@ import pytest
 from bcvae.data import render_dsprites
 from bcvae.data.render import FACTOR_NAMES
 from bcvae.latents import random_classes
-from bcvae.within_factors import area_cells, explained, latent_rows, sprite_area, within_factors
+from bcvae.within_factors import area_cells, explained, latent_rows, rank_correlation, sprite_area, within_factors
 
 SHAPE, SCALE, ORIENTATION, POSX = (FACTOR_NAMES.index(f) for f in ("shape", "scale", "orientation", "posX"))
 
@@ -63,6 +63,13 @@ def test_a_code_of_the_area_carries_shape_within_scale_and_one_of_scale_does_not
     assert (cells[0]["scale"], cells[0]["shape"]) == (0, "heart") and (cells[-1]["scale"], cells[-1]["shape"]) == (5, "square")
 
 
+def test_rank_correlation_by_hand():
+    assert rank_correlation([1.0, 2.0, 3.0, 4.0], [10.0, 20.0, 30.0, 400.0]) == pytest.approx(1.0)
+    assert rank_correlation([1.0, 2.0, 3.0], [3.0, 2.0, 1.0]) == pytest.approx(-1.0)
+    # Ranks (0, 1, 2, 3) against (1, 0, 3, 2): 1 - 6 * 4 / (4 * 15) = 0.6.
+    assert rank_correlation([1.0, 2.0, 3.0, 4.0], [2.0, 1.0, 4.0, 3.0]) == pytest.approx(0.6)
+
+
 def test_only_latents_that_are_on_get_a_row():
     classes = random_classes(500, np.random.default_rng(3))
     codes = np.random.default_rng(4).normal(size=(500, 3))
@@ -76,7 +83,7 @@ def test_the_area_latent_is_the_one_closest_to_the_area():
         return np.stack([rng.normal(size=len(images)), sprite_area(images) + rng.normal(size=len(images))], axis=1)
 
     result = within_factors(encode, kl=None, images=3_000, seed=0)
-    assert result["area_latent"] == 1 and len(result["area_cells"]) == 18
+    assert result["area_latent"] == 1 and len(result["area_cells"]) == 18 and result["cells_rank_r"] == 1.0
     assert result["latents"][1]["area_r"] > 0.99 and abs(result["latents"][0]["area_r"]) < 0.1
 
 
