@@ -442,6 +442,83 @@ def turn_twins(encode: Callable[[np.ndarray], np.ndarray], reconstruct: Reconstr
     return out
 
 
+AREA_TWIN_TOL = 0.02
+"""Area twins cover the same number of pixels within this fraction of the first one's count."""
+
+
+def area_twins_classes(n: int, *, seed: int = 0,
+                       render: Callable[[np.ndarray], np.ndarray] = render_dsprites) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` pairs of sprites, ``(a, b)`` classes ``(n, 6)`` each, in one pose (orientation and
+    position) and of different shapes, whose pixel counts agree within ``AREA_TWIN_TOL``.
+
+    At one scale the three shapes differ in area by 20–40 % (a square covers more pixels than an
+    ellipse, an ellipse more than a heart), so a decoder that draws only how many pixels to turn
+    on also picks the right shape among the shapes of the true scale. A larger heart and a smaller
+    square can cover the same pixels: such twins differ in shape and scale, not in area. For each
+    random sprite a, the eighteen (scale, shape) sprites at a's pose are rendered; b is the one of
+    another shape whose count is nearest a's. Sprites without a twin that close are drawn again.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    rng = np.random.default_rng(seed)
+    shape, scale = FACTOR_NAMES.index("shape"), FACTOR_NAMES.index("scale")
+    cells = np.array([(h, s) for h in range(FACTOR_SIZES[shape]) for s in range(FACTOR_SIZES[scale])])
+    found_a, found_b = [], []
+    for _ in range(20):
+        a = random_classes(2 * n, rng)
+        every = np.repeat(a, len(cells), axis=0)
+        every[:, shape], every[:, scale] = np.tile(cells[:, 0], len(a)), np.tile(cells[:, 1], len(a))
+        counts = render(every).reshape(len(a), len(cells), -1).sum(axis=2, dtype=np.int64)   # (N, 18)
+        own = counts[np.arange(len(a)), a[:, shape] * FACTOR_SIZES[scale] + a[:, scale]]
+        gap = np.abs(counts - own[:, None]) / own[:, None]
+        gap[cells[None, :, 0] == a[:, shape, None]] = np.inf                          # another shape only
+        best = gap.argmin(axis=1)
+        keep = gap[np.arange(len(a)), best] <= AREA_TWIN_TOL
+        b = a.copy()
+        b[:, shape], b[:, scale] = cells[best, 0], cells[best, 1]
+        found_a.append(a[keep])
+        found_b.append(b[keep])
+        if sum(len(f) for f in found_a) >= n:
+            return np.concatenate(found_a)[:n], np.concatenate(found_b)[:n]
+    raise RuntimeError(f"bug: under {n} area twins found in 20 rounds of {2 * n} sprites")
+
+
+def area_twins(encode: Callable[[np.ndarray], np.ndarray], reconstruct: Reconstruct | None = None, *,
+               pairs: int = 500, seed: int = 0, likelihood: str = "bernoulli",
+               render: Callable[[np.ndarray], np.ndarray] = render_dsprites) -> dict:
+    """Do the code and the decoder tell shapes apart when the areas are matched?
+
+    For twins (:func:`area_twins_classes`: a, and b of another shape and scale covering the same
+    pixels within 2 %) against d, a with b's shape at a's own scale (areas 20–40 % apart).
+    Returns:
+
+    * ``code_share``: mean ‖z_a − z_b‖ over mean ‖z_a − z_d‖, the part of the code's answer to a
+      change of shape that is left when the area is matched (a code of the area alone: the twins'
+      area gap over the same-scale pairs', a few hundredths; a code of shape alone: 1);
+    * with ``reconstruct``: ``told_apart_matched``, the share of twin pairs where each twin's
+      reconstruction prefers its own picture to the other's (likelihood), and
+      ``told_apart_same_scale`` the same for a and d;
+    * ``area_gap`` and ``area_apart``: the mean relative difference in pixels of twins, and of a and d.
+
+    encode : uint8 images (N, 64, 64) -> codes (N, D).
+    """
+    a, b = area_twins_classes(pairs, seed=seed, render=render)
+    shape = FACTOR_NAMES.index("shape")
+    d = a.copy()
+    d[:, shape] = b[:, shape]
+    xa, xb, xd = render(a), render(b), render(d)
+    na, nb, nd = (x.reshape(len(x), -1).sum(axis=1, dtype=np.int64) for x in (xa, xb, xd))
+    za, zb, zd = (np.asarray(encode(x), dtype=np.float64) for x in (xa, xb, xd))
+    moved = np.linalg.norm(za - zd, axis=1).mean()
+    out = {"pairs": pairs, "area_gap": float((np.abs(nb - na) / na).mean()),
+           "area_apart": float((np.abs(nd - na) / na).mean()),
+           "code_share": float(np.linalg.norm(za - zb, axis=1).mean() / moved) if moved > 0 else float("nan")}
+    if reconstruct is not None:
+        out["told_apart_matched"] = _told_apart(reconstruct, xa, xb, likelihood)
+        out["told_apart_same_scale"] = _told_apart(reconstruct, xa, xd, likelihood)
+    return out
+
+
 def _told_apart(reconstruct: Reconstruct, x: np.ndarray, y: np.ndarray, likelihood: str, chunk: int = 128) -> float:
     """Share of pairs (x_i, y_i), uint8 ``(N, 64, 64)`` each, where x_i's reconstruction prefers x_i
     to y_i and y_i's prefers y_i to x_i (strictly)."""
@@ -483,6 +560,16 @@ def twins_markdown(twins: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def area_twins_markdown(twins: dict[str, dict]) -> str:
+    """One row per run: :func:`area_twins`."""
+    lines = ["| run | area gap | area apart, same scale | code share | told apart, areas matched | "
+             "told apart, same scale |", "|---|---:|---:|---:|---:|---:|"]
+    for run, t in twins.items():
+        lines.append(f"| {run} | {t['area_gap']:.1%} | {t['area_apart']:.1%} | {t['code_share']:.2f} | "
+                     f"{t['told_apart_matched']:.2f} | {t['told_apart_same_scale']:.2f} |")
+    return "\n".join(lines)
+
+
 def markdown(rows: dict[str, dict]) -> str:
     """Accuracy (chance) of each factor, one row per run."""
     factors = next(iter(rows.values())).keys()
@@ -517,18 +604,22 @@ def main(argv: list[str] | None = None) -> int:
                         "(a heart's centroid circles its position by 1-2 px as it turns)")
     p.add_argument("--twins", type=int, default=500,
                    help="pairs of hearts turned at least 60 degrees apart with coinciding centres of mass")
+    p.add_argument("--area-twins", type=int, default=500,
+                   help="pairs of sprites of different shape and scale, in one pose, covering the same pixels "
+                        "within 2 percent")
     p.add_argument("--out", help="write every run's result (with orientation by shape) to this JSON file")
     args = p.parse_args(argv)
     if args.images < 1:
         p.error(f"--images must be >= 1, got {args.images}")
-    if args.twins < 1:
-        p.error(f"--twins must be >= 1, got {args.twins}")
+    for flag, value in (("--twins", args.twins), ("--area-twins", args.area_twins)):
+        if value < 1:
+            p.error(f"{flag} must be >= 1, got {value}")
     try:
         latents = None if args.latents is None else [int(j) for j in args.latents.split(",")]
     except ValueError:
         p.error(f"--latents {args.latents!r} is not a comma-separated list of latent indices")
     classes = random_classes(args.images, np.random.default_rng(args.seed))
-    rows, readings, following, twins = {}, {}, {}, {}
+    rows, readings, following, twins, same_area = {}, {}, {}, {}, {}
     for run in args.runs:
         model, cfg, _ = load_model(checkpoint_path(Path(run)), torch.device("cpu"))
         if latents is not None and not all(0 <= j < model.z_dim for j in latents):
@@ -541,6 +632,8 @@ def main(argv: list[str] | None = None) -> int:
         following[run] = centroid_following(encode, seed=args.seed)
         twins[run] = turn_twins(encode, model_reconstruct(model, latents), pairs=args.twins, seed=args.seed,
                                 likelihood=cfg.loss.likelihood)
+        same_area[run] = area_twins(encode, model_reconstruct(model, latents), pairs=args.area_twins,
+                                    seed=args.seed, likelihood=cfg.loss.likelihood)
     print(f"{args.images:,} images (seed {args.seed}); accuracy of the reconstruction's pick (chance):")
     print(markdown(rows))
     print("mean miss of the pick (chance): classes of scale and position; degrees of each shape's turn, "
@@ -556,10 +649,14 @@ def main(argv: list[str] | None = None) -> int:
           f"within {TWIN_MAX_GAP_PX:g} px (code share: what is left of the code's answer to the turn when the "
           "centroid is matched; told apart: each reconstruction prefers its own picture):")
     print(twins_markdown(twins))
+    print(f"{args.area_twins} area twins: one pose, another shape and scale, pixel counts within "
+          f"{AREA_TWIN_TOL:.0%} (code share: what is left of the code's answer to a change of shape when the "
+          "area is matched; same scale: the first twin beside its own scale in the other's shape):")
+    print(area_twins_markdown(same_area))
     if args.out:
         record = {"images": args.images, "seed": args.seed, "latents": latents,
                   "without_turn_shift": args.without_turn_shift, "runs": rows,
                   "latent_reading": {run: {k: v.tolist() for k, v in r.items()} for run, r in readings.items()},
-                  "centroid_following": following, "turn_twins": twins}
+                  "centroid_following": following, "turn_twins": twins, "area_twins": same_area}
         Path(args.out).write_text(json.dumps(record, indent=1) + "\n")
     return 0

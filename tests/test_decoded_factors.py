@@ -104,21 +104,26 @@ def test_cli_reports_a_trained_run(smoke_run, tmp_path, capsys):
     from bcvae import cli
 
     out = tmp_path / "decoded.json"
-    assert cli.main(["decoded-factors", str(smoke_run), "--images", "24", "--twins", "16", "--out", str(out)]) == 0
+    assert cli.main(["decoded-factors", str(smoke_run), "--images", "24", "--twins", "16", "--area-twins", "12",
+                     "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "| run | turn apart (°) | centroid gap (px) | code share | told apart, centroids matched |" in text
     assert "| run | shape | scale | orientation | posX | posY |" in text and "| run | scale | posX | posY | square ° | ellipse ° | heart ° |" in text
     assert "| latent | KL (nats) | posterior sd | code sd | decoder gain |" in text
+    assert "| run | area gap | area apart, same scale | code share | told apart, areas matched | told apart, same scale |" in text
     saved = json.loads(out.read_text())
     assert saved["images"] == 24 and list(saved["runs"]) == [str(smoke_run)]
     assert len(saved["latent_reading"][str(smoke_run)]["decoder_gain"]) == 10   # smoke.yaml: ten latents
     twins = saved["turn_twins"][str(smoke_run)]
     assert twins["pairs"] == 16 and 0.0 <= twins["told_apart_matched"] <= 1.0 and twins["gap_px"] <= 0.15
+    same_area = saved["area_twins"][str(smoke_run)]
+    assert same_area["pairs"] == 12 and same_area["area_gap"] <= 0.02 and 0.0 <= same_area["told_apart_matched"] <= 1.0
     for factor, result in saved["runs"][str(smoke_run)].items():
         assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 < result["chance"] <= 1.0, factor
 
 
 @pytest.mark.parametrize("args, message", [(["--images", "0"], "--images"), (["--twins", "0"], "--twins"),
+                                           (["--area-twins", "0"], "--area-twins"),
                                            (["--latents", "1,x"], "--latents"),
                                            (["--latents", "0,99"], "latents 0 to")])
 def test_cli_refuses_bad_arguments_in_one_line(smoke_run, capsys, args, message):
@@ -309,3 +314,50 @@ def test_turn_twins_of_codes_and_decoders_with_known_answers():
     assert alike["told_apart_matched"] == 0.0 and alike["told_apart_in_place"] == 1.0
     assert turn_twins(pixel_centroid, pairs=3, render=render).keys() == {
         "pairs", "turn_deg", "gap_px", "apart_px", "code_share"}
+
+
+def test_area_twins_share_a_pose_and_a_pixel_count_but_not_a_shape():
+    from bcvae.decoded_factors import AREA_TWIN_TOL, area_twins_classes
+
+    a, b = area_twins_classes(60, seed=3)
+    again = area_twins_classes(60, seed=3)
+    assert np.array_equal(a, again[0]) and np.array_equal(b, again[1])
+    shape, scale = FACTOR_NAMES.index("shape"), FACTOR_NAMES.index("scale")
+    assert (a[:, shape] != b[:, shape]).all() and (a[:, scale] != b[:, scale]).all()
+    assert np.array_equal(a[:, ORIENTATION:], b[:, ORIENTATION:])          # orientation, posX, posY
+    na, nb = (render_dsprites(c).reshape(len(c), -1).sum(axis=1).astype(float) for c in (a, b))
+    assert (np.abs(na - nb) <= AREA_TWIN_TOL * na).all()
+
+
+def test_area_twins_of_codes_and_decoders_with_known_answers():
+    from bcvae.decoded_factors import area_twins, area_twins_classes
+
+    a, b = area_twins_classes(30, seed=1)
+    d = a.copy()
+    d[:, FACTOR_NAMES.index("shape")] = b[:, FACTOR_NAMES.index("shape")]
+    na, nb, nd = (render_dsprites(c).reshape(len(c), -1).sum(axis=1).astype(float) for c in (a, b, d))
+
+    def area(images):                             # a code of the pixel count alone
+        return images.reshape(len(images), -1).sum(axis=1, keepdims=True).astype(float)
+
+    def exact(images):                            # draws each picture with sure logits
+        return torch.from_numpy(images).float() * 60 - 30
+
+    def blur(images):                             # the same drawing for every picture
+        return torch.zeros(len(images), 64, 64)
+
+    by_area = area_twins(area, exact, pairs=30, seed=1)
+    assert by_area["code_share"] == pytest.approx(np.abs(na - nb).mean() / np.abs(na - nd).mean(), rel=1e-12)
+    assert by_area["code_share"] < 0.1 and by_area["area_gap"] == pytest.approx((np.abs(nb - na) / na).mean())
+    assert by_area["area_apart"] > 0.1                                     # one scale: areas 20-40 % apart
+    assert by_area["told_apart_matched"] == 1.0 and by_area["told_apart_same_scale"] == 1.0
+    blurred = area_twins(area, blur, pairs=30, seed=1)
+    assert blurred["told_apart_matched"] == 0.0 and blurred["told_apart_same_scale"] == 0.0
+    twin_of = {image.tobytes(): twin for image, twin in zip(render_dsprites(b), render_dsprites(a))}
+
+    def by_area_only(images):                     # draws a twin b as its twin a, every other picture exactly
+        return exact(np.stack([twin_of.get(image.tobytes(), image) for image in images]))
+
+    alike = area_twins(area, by_area_only, pairs=30, seed=1)
+    assert alike["told_apart_matched"] == 0.0 and alike["told_apart_same_scale"] == 1.0
+    assert area_twins(area, pairs=3).keys() == {"pairs", "area_gap", "area_apart", "code_share"}
