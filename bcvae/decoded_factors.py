@@ -427,18 +427,26 @@ def turn_twins(encode: Callable[[np.ndarray], np.ndarray], reconstruct: Reconstr
     c = a.copy()
     c[:, col] = b[:, col]
     xa, xb, xc = render(a), render(b), render(c)
-    za, zb, zc = (np.asarray(encode(x), dtype=np.float64) for x in (xa, xb, xc))
     ca, cb, cc = (pixel_centroid(x) for x in (xa, xb, xc))
     turn = np.abs(np.degrees(FACTOR_VALUES[col][a[:, col]] - FACTOR_VALUES[col][b[:, col]])) % 360.0
-    moved = np.linalg.norm(za - zc, axis=1).mean()
     out = {"pairs": pairs,
            "turn_deg": float(np.minimum(turn, 360.0 - turn).mean()),
            "gap_px": float(np.linalg.norm(ca - cb, axis=1).mean()),
-           "apart_px": float(np.linalg.norm(ca - cc, axis=1).mean()),
-           "code_share": float(np.linalg.norm(za - zb, axis=1).mean() / moved) if moved > 0 else float("nan")}
+           "apart_px": float(np.linalg.norm(ca - cc, axis=1).mean())}
+    return {**out, **_twin_scores(encode, reconstruct, xa, xb, xc, likelihood, "in_place")}
+
+
+def _twin_scores(encode: Callable[[np.ndarray], np.ndarray], reconstruct: Reconstruct | None,
+                 xa: np.ndarray, xb: np.ndarray, xc: np.ndarray, likelihood: str, other: str) -> dict:
+    """``code_share`` (mean ‖z_a − z_b‖ over mean ‖z_a − z_c‖) of twins a, b against a pair a, c, and
+    with ``reconstruct`` ``told_apart_matched`` (a, b) and ``told_apart_<other>`` (a, c): :func:`_told_apart`.
+    xa, xb, xc : uint8 images (N, 64, 64)."""
+    za, zb, zc = (np.asarray(encode(x), dtype=np.float64) for x in (xa, xb, xc))
+    moved = np.linalg.norm(za - zc, axis=1).mean()
+    out = {"code_share": float(np.linalg.norm(za - zb, axis=1).mean() / moved) if moved > 0 else float("nan")}
     if reconstruct is not None:
         out["told_apart_matched"] = _told_apart(reconstruct, xa, xb, likelihood)
-        out["told_apart_in_place"] = _told_apart(reconstruct, xa, xc, likelihood)
+        out[f"told_apart_{other}"] = _told_apart(reconstruct, xa, xc, likelihood)
     return out
 
 
@@ -508,15 +516,9 @@ def area_twins(encode: Callable[[np.ndarray], np.ndarray], reconstruct: Reconstr
     d[:, shape] = b[:, shape]
     xa, xb, xd = render(a), render(b), render(d)
     na, nb, nd = (x.reshape(len(x), -1).sum(axis=1, dtype=np.int64) for x in (xa, xb, xd))
-    za, zb, zd = (np.asarray(encode(x), dtype=np.float64) for x in (xa, xb, xd))
-    moved = np.linalg.norm(za - zd, axis=1).mean()
     out = {"pairs": pairs, "area_gap": float((np.abs(nb - na) / na).mean()),
-           "area_apart": float((np.abs(nd - na) / na).mean()),
-           "code_share": float(np.linalg.norm(za - zb, axis=1).mean() / moved) if moved > 0 else float("nan")}
-    if reconstruct is not None:
-        out["told_apart_matched"] = _told_apart(reconstruct, xa, xb, likelihood)
-        out["told_apart_same_scale"] = _told_apart(reconstruct, xa, xd, likelihood)
-    return out
+           "area_apart": float((np.abs(nd - na) / na).mean())}
+    return {**out, **_twin_scores(encode, reconstruct, xa, xb, xd, likelihood, "same_scale")}
 
 
 def _told_apart(reconstruct: Reconstruct, x: np.ndarray, y: np.ndarray, likelihood: str, chunk: int = 128) -> float:
