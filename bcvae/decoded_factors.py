@@ -13,8 +13,9 @@ on it, |∂ logits / ∂z_j|: a latent whose posterior is a thousand times narro
 prior, read by a decoder a thousand times as steep, can carry far more than one factor.
 :func:`centroid_following` asks whether the position code moves with a sprite's centre of mass
 when the sprite turns (a heart's circles its position by 1–2 px), ``--without-turn-shift``
-decodes with that movement taken out of the code, and :func:`turn_twins` asks whether a code
-tells two turns of a heart apart when their centres of mass coincide::
+decodes with that movement taken out of the code, :func:`turn_twins` asks whether a code
+tells two turns of a heart apart when their centres of mass coincide, and :func:`area_twins`
+whether it tells two shapes apart when they cover the same pixels::
 
     python -m bcvae decoded-factors pretrained/capacity25 pretrained/beta4 --images 2000
 """
