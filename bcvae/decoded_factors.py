@@ -32,7 +32,7 @@ import torch.autograd.forward_ad as fwad
 import torch.nn.functional as F
 
 from bcvae.checkpoint import checkpoint_path, load_model
-from bcvae.data import render_dsprites
+from bcvae.data import render_dsprites, sprite_area
 from bcvae.encode import make_encode
 from bcvae.data.render import FACTOR_NAMES, FACTOR_SIZES, FACTOR_VALUES, SHAPE_NAMES as SHAPES
 from bcvae.errors import ArgumentParser
@@ -477,7 +477,7 @@ def area_twins_classes(n: int, *, seed: int = 0,
         a = random_classes(2 * n, rng)
         every = np.repeat(a, len(cells), axis=0)
         every[:, shape], every[:, scale] = np.tile(cells[:, 0], len(a)), np.tile(cells[:, 1], len(a))
-        counts = render(every).reshape(len(a), len(cells), -1).sum(axis=2, dtype=np.int64)   # (N, 18)
+        counts = sprite_area(render(every)).reshape(len(a), len(cells))                    # (N, 18)
         own = counts[np.arange(len(a)), a[:, shape] * FACTOR_SIZES[scale] + a[:, scale]]
         gap = np.abs(counts - own[:, None]) / own[:, None]
         gap[cells[None, :, 0] == a[:, shape, None]] = np.inf                          # another shape only
@@ -516,7 +516,7 @@ def area_twins(encode: Callable[[np.ndarray], np.ndarray], reconstruct: Reconstr
     d = a.copy()
     d[:, shape] = b[:, shape]
     xa, xb, xd = render(a), render(b), render(d)
-    na, nb, nd = (x.reshape(len(x), -1).sum(axis=1, dtype=np.int64) for x in (xa, xb, xd))
+    na, nb, nd = (sprite_area(x) for x in (xa, xb, xd))
     out = {"pairs": pairs, "area_gap": float((np.abs(nb - na) / na).mean()),
            "area_apart": float((np.abs(nd - na) / na).mean())}
     return {**out, **_twin_scores(encode, reconstruct, xa, xb, xd, likelihood, "same_scale")}

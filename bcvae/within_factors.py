@@ -15,8 +15,9 @@ correlation of each code with the sprite's area (its pixel count), one number in
 and shape are mixed: at the same scale a square covers more pixels than an ellipse, an ellipse
 more than a heart. For the latent that follows the area most closely, the eighteen (scale,
 shape) cells are listed in the order of their area with the latent's mean code: cells of nearly
-equal area (a larger heart and a smaller square) get nearly equal codes, which no decoder reading
-that latent alone can tell apart::
+equal mean area (a larger heart and a smaller square) get nearly equal mean codes, so that latent
+alone tells them apart only as far as their areas differ image by image (``bcvae decoded-factors
+--area-twins`` asks whether the whole code and the decoder do)::
 
     python -m bcvae within-factors pretrained/factorvae runs/capacity13_cap_cpu-seed0/fold0
 """
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 
 from bcvae.checkpoint import checkpoint_path, load_model
-from bcvae.data import FACTOR_NAMES, FACTOR_SIZES, render_dsprites
+from bcvae.data import FACTOR_NAMES, FACTOR_SIZES, render_dsprites, sprite_area
 from bcvae.data.render import SHAPE_NAMES
 from bcvae.encode import make_encode
 from bcvae.errors import ArgumentParser
@@ -76,11 +77,6 @@ def explained(z: np.ndarray, labels: np.ndarray, given: np.ndarray | None = None
     k, g, n = c_index.max() + 1, g_index.max() + 1, len(z)
     noise = (k - g) * ss_w / (n - k) if n > k else 0.0
     return float(np.clip((ss_b - noise) / ss, 0.0, 1.0))
-
-
-def sprite_area(images: np.ndarray) -> np.ndarray:
-    """Pixels the sprite covers, ``(N,)``, of binary images ``(N, 64, 64)``."""
-    return images.reshape(len(images), -1).sum(axis=1, dtype=np.int64)
 
 
 def latent_rows(codes: np.ndarray, classes: np.ndarray, area: np.ndarray, kl: np.ndarray | None = None,

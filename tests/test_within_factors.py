@@ -8,10 +8,10 @@ import json
 import numpy as np
 import pytest
 
-from bcvae.data import render_dsprites
+from bcvae.data import render_dsprites, sprite_area
 from bcvae.data.render import FACTOR_NAMES
 from bcvae.latents import random_classes
-from bcvae.within_factors import area_cells, explained, latent_rows, rank_correlation, sprite_area, within_factors
+from bcvae.within_factors import area_cells, explained, latent_rows, rank_correlation, within_factors
 
 SHAPE, SCALE, ORIENTATION, POSX = (FACTOR_NAMES.index(f) for f in ("shape", "scale", "orientation", "posX"))
 

@@ -238,6 +238,12 @@ def render_dsprites(latents_classes: np.ndarray) -> np.ndarray:
     return out
 
 
+def sprite_area(images: np.ndarray) -> np.ndarray:
+    """Pixels each sprite covers, ``(N,)`` int64, of binary images ``(N, 64, 64)``: at one scale a
+    square covers more than an ellipse, an ellipse more than a heart."""
+    return images.reshape(len(images), -1).sum(axis=1, dtype=np.int64)
+
+
 def render_full_dataset(progress: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Render all 737,280 dSprites images in the real file's order.
 
