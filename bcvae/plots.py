@@ -22,6 +22,7 @@ from bcvae.checkpoint import checkpoint_path, load_model
 from bcvae.data import cache_path, load_split, render_dsprites
 from bcvae.encode import make_encode
 from bcvae.latents import (
+    FACTOR_IMAGES,
     SWITCH_ON_NATS,
     factor_codes,
     factor_table,
@@ -112,7 +113,7 @@ def _held_out_images(cfg: Config, n: int) -> tuple[np.ndarray, str]:
     return render_dsprites(classes), "rendered (no fold cache)"
 
 
-def write_run_plots(run_dir: Path, n_per_value: int = 32) -> list[Path]:
+def write_run_plots(run_dir: Path, images_per_factor: int = FACTOR_IMAGES) -> list[Path]:
     """Write every figure of a run as PNG under ``run_dir/plots/`` (``bcvae plots RUN``).
 
     Files: ``reconstructions.png``, ``traversals.png``, ``traversals.gif``,
@@ -127,7 +128,7 @@ def write_run_plots(run_dir: Path, n_per_value: int = 32) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     kl = run.kl()
     tic = time.perf_counter()
-    codes = factor_codes(run.encode, n_per_value=n_per_value, seed=run.cfg.seed)
+    codes = factor_codes(run.encode, images_per_factor=images_per_factor, seed=run.cfg.seed)
     log.info("rendered and encoded the factor sweeps in %.1f s; drawing the figures", time.perf_counter() - tic)
     figures = {
         "reconstructions": reconstruction_figure(run.model, run.images[:8]),

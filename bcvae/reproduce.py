@@ -36,7 +36,7 @@ METRICS = config.METRICS  # every row scores every metric
 COLUMNS = [("recon_nll", "rec. NLL (val)"), ("kl", "KL (val)"), ("mig", "MIG"),
            ("factor_vae_score", "FactorVAE"), ("beta_vae_score", "BetaVAE"),
            ("dci_disentanglement", "DCI dis."), ("dci_informativeness", "DCI inf."), ("sap", "SAP")]
-ROW_VERSION = 2  # bumped when a row gains a field: cached rows of an older layout are scored again
+ROW_VERSION = 3  # bumped when a row gains a field: cached rows of an older layout are scored again
 
 
 RUN_NAME = "{experiment}-seed{seed}"
@@ -107,12 +107,45 @@ def evaluate_run(run_dir: Path, experiment: str, seed: int, budget: str, num_poi
         "dci_informativeness": (s.get("dci") or {}).get("informativeness"), "sap": s.get("sap"),
         "kl_per_dim": [heldout[f"val/kl_dim/{i}"] for i in range(cfg.model.z_dim)],
         **latents.switch_on_summary(rows, cfg.loss),
-        "latent_factors": [{k: _plain(v) for k, v in r.items()} for r in latents.latent_factor_table(encode)],
+        **latent_factors(encode),
         "provenance": result.get("provenance"), "run_dir": str(run_dir),
         "eval_settings": result.get("settings"), "eval_seconds": result.get("seconds"), "cache_key": key,
     }
     write_json(cached, row)
     return row
+
+
+def latent_factors(encode) -> dict:
+    """A row's latent -> factor table (:func:`bcvae.latents.latent_factor_table`) and its sample size."""
+    n = latents.FACTOR_IMAGES
+    table = latents.latent_factor_table(encode, images_per_factor=n)
+    return {"latent_factors": [{k: _plain(v) for k, v in r.items()} for r in table],
+            "latent_factor_images_per_factor": n}
+
+
+def row_model(row: dict, pretrained: Path = Path("pretrained")) -> Path | None:
+    """A results row's model on this machine: its run's checkpoint while still at the row's step,
+    else the ``pretrained/<experiment>`` export of that run at that step; None when neither."""
+    ckpt = Path(row.get("run_dir", "")) / "checkpoint.pt"
+    if ckpt.is_file() and load_model(ckpt)[2]["step"] == row.get("steps"):
+        return ckpt
+    return exported_run(row, pretrained)
+
+
+def rescore_latents(rows: list[dict], pretrained: Path = Path("pretrained")) -> list[dict]:
+    """Score the latent -> factor table of every row again (in place) whose model is on this
+    machine (:func:`row_model`), with the current sample size; the other rows keep theirs and
+    are returned."""
+    left = []
+    for row in rows:
+        source = row_model(row, pretrained)
+        if source is None:
+            left.append(row)
+            continue
+        model = load_model(source)[0]
+        row.update(latent_factors(make_encode(model, next(model.parameters()).device)))
+        log.info("%s seed %d: latent factors scored again from %s", row["experiment"], row["seed"], source)
+    return left
 
 
 def _plain(v):
@@ -160,7 +193,9 @@ def latent_report(rows: list[dict]) -> str:
             latent, step = on["latent"], on["step"]
             f = factors.get(latent, {})
             parts.append(f"z{latent}@{step} → {f.get('factor', '?')} ({f.get('score', float('nan')):.2f})")
-        out.append(f"- {r['experiment']} seed {r['seed']}: " + ", ".join(parts))
+        # rows of ROW_VERSION < 3 drew 32 images per value: 96 for shape
+        rough = "" if "latent_factor_images_per_factor" in r else " (η² from 32 images per value: ± 0.1)"
+        out.append(f"- {r['experiment']} seed {r['seed']}: " + ", ".join(parts) + rough)
     return "\n".join(out)
 
 
@@ -179,8 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep-rows", action="store_true",
                    help="keep the rows OUT/<budget>.json already holds for other (experiment, seed) pairs, "
                         "so seeds run under different names can share one table")
+    p.add_argument("--rescore-latents", action="store_true",
+                   help="train and evaluate nothing: score the latent -> factor tables of OUT/<budget>.json "
+                        "again for every row whose model is on this machine (its run, or its pretrained/ "
+                        "export), and rewrite the tables")
     p.add_argument("overrides", nargs="*", help="key=value applied to every run")
     args = p.parse_args(argv)
+    if args.rescore_latents:
+        return rescore_table(Path(args.out), args.budget, p)
     # Everything is checked before the first of hours of training starts.
     for o in args.overrides:
         if "=" not in o:
@@ -211,6 +252,20 @@ def main(argv: list[str] | None = None) -> int:
                                                                 root=root, name=name), jobs, names))
     rows = [evaluate_run(d, e, s, args.budget, args.num_points) for d, (e, s) in zip(run_dirs, jobs)]
     write_results(merge_rows(kept, rows, EXPERIMENTS.get(args.budget, [])), Path(args.out), args.budget)
+    return 0
+
+
+def rescore_table(out: Path, budget: str, parser: ArgumentParser) -> int:
+    """``--rescore-latents``: the latent -> factor tables of ``out/<budget>.json`` scored again."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    rows = earlier_rows(out / f"{budget}.json", parser)
+    if not rows:
+        parser.error(f"--rescore-latents: no rows in {out / f'{budget}.json'}")
+    left = rescore_latents(rows)
+    write_results(rows, out, budget)
+    for r in left:
+        log.info("%s seed %d: model not on this machine, its table is kept as it was",
+                 r["experiment"], r["seed"])
     return 0
 
 
@@ -285,14 +340,22 @@ def history_dir(row: dict, pretrained: Path) -> Path | None:
     run_dir = Path(row.get("run_dir", ""))
     if (run_dir / "metrics.jsonl").is_file():
         return run_dir
+    exported = exported_run(row, pretrained)
+    return exported if exported is not None and (exported / "metrics.jsonl").is_file() else None
+
+
+def exported_run(row: dict, pretrained: Path = Path("pretrained")) -> Path | None:
+    """``pretrained/<experiment>`` when its ``info.json`` says it was exported from the row's run
+    at the row's step, else None."""
     exported = Path(pretrained) / row["experiment"]
     try:
         info = json.loads((exported / "info.json").read_text())
     except (OSError, ValueError):
         return None
     source = Path(str(info.get("source_run", ""))).parts
-    same_run = bool(source) and run_dir.parts[-len(source):] == source and info.get("step") == row.get("steps")
-    return exported if same_run and (exported / "metrics.jsonl").is_file() else None
+    same_run = (bool(source) and Path(row.get("run_dir", "")).parts[-len(source):] == source
+                and info.get("step") == row.get("steps"))
+    return exported if same_run else None
 
 
 def write_seeds_figure(rows: list[dict], path: Path, pretrained: Path = Path("pretrained")) -> Path | None:

@@ -87,7 +87,7 @@ def test_eval_of_a_pretrained_directory_keeps_the_recorded_result(pretrained, tm
 def test_plots_of_a_pretrained_directory(pretrained, tmp_path):
     copy = tmp_path / "p"
     shutil.copytree(pretrained, copy)
-    names = {p.name for p in plots.write_run_plots(copy, n_per_value=8)}
+    names = {p.name for p in plots.write_run_plots(copy, images_per_factor=256)}
     assert {"traversals.png", "information.png", "kl_emergence.png"} <= names
 
 

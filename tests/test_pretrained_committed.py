@@ -74,7 +74,7 @@ def test_the_weights_are_a_trained_model_of_the_recorded_run(d):
 def test_plots_draw_a_committed_model(d, tmp_path):
     copy = tmp_path / d.name
     shutil.copytree(d, copy)
-    names = {p.name for p in plots.write_run_plots(copy, n_per_value=8)}
+    names = {p.name for p in plots.write_run_plots(copy, images_per_factor=256)}
     assert {"traversals.png", "information.png", "kl_emergence.png"} <= names
     check = subprocess.run(["sha256sum", "--check", "--strict", "sha256"], cwd=copy, capture_output=True, text=True)
     assert check.returncode == 0, "drawing must not change the model's files: " + check.stdout

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from bcvae import latents, reproduce, track
 from bcvae.checkpoint import load_model
+from bcvae.encode import make_encode
 
 REQUIRED = {"experiment", "objective", "seed", "budget", "recon_nll", "kl", "mig", "factor_vae_score",
             "beta_vae_score", "dci_disentanglement", "dci_informativeness", "sap"}
@@ -208,3 +210,42 @@ def test_a_figure_is_not_redrawn_without_the_curves_of_rows_whose_logs_are_gone(
     assert "beta4_cpu seed 0" in caplog.text and "kept as it was" in caplog.text
     assert reproduce.write_seeds_figure([new], path, tmp_path / "pretrained") == path  # every log here: redrawn
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rescoring_takes_the_model_from_the_run_or_its_export_and_keeps_the_rows_it_cannot(smoke_run, tmp_path,
+                                                                                           monkeypatch):
+    from bcvae import evaluate
+
+    step = load_model(smoke_run / "checkpoint.pt")[2]["step"]
+    monkeypatch.setattr(latents, "FACTOR_IMAGES", 64)  # the smoke encoder needs no precision
+    old = [{"latent": 0, "factor": "shape", "score": 1.0}]
+    here = {"experiment": "smoke", "seed": 0, "steps": step, "run_dir": str(smoke_run), "latent_factors": old}
+    moved_on = {**here, "seed": 1, "steps": step + 1}  # the run trained on since: not the row's model
+    pretrained = tmp_path / "pretrained"
+    copy = tmp_path / "runs" / "exported" / "fold0"
+    shutil.copytree(smoke_run, copy)
+    evaluate.export(copy, pretrained / "exported")
+    (copy / "checkpoint.pt").unlink()  # the run is gone, its export is here
+    exported = {**here, "experiment": "exported", "seed": 2, "run_dir": str(copy)}
+    gone = {**exported, "experiment": "gone", "seed": 3}
+    rows = [dict(r) for r in (here, moved_on, exported, gone)]
+    left = reproduce.rescore_latents(rows, pretrained)
+    assert [(r["experiment"], r["seed"]) for r in left] == [("smoke", 1), ("gone", 3)]
+    model = load_model(smoke_run / "checkpoint.pt")[0]
+    fresh = latents.latent_factor_table(make_encode(model, next(model.parameters()).device), images_per_factor=64)
+    for r in (rows[0], rows[2]):
+        assert r["latent_factor_images_per_factor"] == 64
+        assert [(d["latent"], d["factor"]) for d in r["latent_factors"]] == [(d["latent"], d["factor"]) for d in fresh]
+        assert [d["score"] for d in r["latent_factors"]] == pytest.approx([d["score"] for d in fresh])
+    assert rows[1]["latent_factors"] == old and "latent_factor_images_per_factor" not in rows[1]
+    assert rows[3]["latent_factors"] == old
+
+
+def test_the_latent_report_marks_tables_from_the_older_smaller_sample():
+    on = [{"latent": 0, "step": 5}]
+    table = [{"latent": 0, "factor": "posX", "score": 0.9}]
+    row = {"experiment": "e", "objective": "capacity", "seed": 0, "switch_on_order": on, "latent_factors": table}
+    report = reproduce.latent_report([{**row, "latent_factor_images_per_factor": latents.FACTOR_IMAGES},
+                                      {**row, "seed": 1}])
+    assert report.splitlines() == ["- e seed 0: z0@5 → posX (0.90)",
+                                   "- e seed 1: z0@5 → posX (0.90) (η² from 32 images per value: ± 0.1)"]
