@@ -181,6 +181,19 @@ def markdown_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+TIE_ETA2 = 0.05  # factors this close to a latent's best η² are named with it: ~2× the estimate's error
+
+
+def factor_label(entry: dict | None) -> str:
+    """``"posX (0.93)"``; a latent whose runners-up score within :data:`TIE_ETA2` of its best
+    factor names them all, best first: ``"posY/scale/posX (0.32/0.31/0.28)"``."""
+    if entry is None:
+        return "? (nan)"
+    scores = entry.get("scores") or {entry["factor"]: entry["score"]}
+    tied = sorted((f for f, v in scores.items() if v >= entry["score"] - TIE_ETA2), key=lambda f: -scores[f])
+    return "/".join(tied) + " (" + "/".join(f"{scores[f]:.2f}" for f in tied) + ")"
+
+
 def latent_report(rows: list[dict]) -> str:
     """For each capacity run: the order latents switched on and the factor each encodes."""
     out = []
@@ -188,11 +201,8 @@ def latent_report(rows: list[dict]) -> str:
         if r["objective"] != "capacity":
             continue
         factors = {d["latent"]: d for d in r["latent_factors"]}
-        parts = []
-        for on in r["switch_on_order"]:
-            latent, step = on["latent"], on["step"]
-            f = factors.get(latent, {})
-            parts.append(f"z{latent}@{step} → {f.get('factor', '?')} ({f.get('score', float('nan')):.2f})")
+        parts = [f"z{on['latent']}@{on['step']} → {factor_label(factors.get(on['latent']))}"
+                 for on in r["switch_on_order"]]
         # rows of ROW_VERSION < 3 drew 32 images per value: 96 for shape
         rough = "" if "latent_factor_images_per_factor" in r else " (η² from 32 images per value: ± 0.1)"
         out.append(f"- {r['experiment']} seed {r['seed']}: " + ", ".join(parts) + rough)

@@ -249,3 +249,14 @@ def test_the_latent_report_marks_tables_from_the_older_smaller_sample():
                                       {**row, "seed": 1}])
     assert report.splitlines() == ["- e seed 0: z0@5 → posX (0.90)",
                                    "- e seed 1: z0@5 → posX (0.90) (η² from 32 images per value: ± 0.1)"]
+
+
+def test_a_latent_that_follows_several_factors_about_equally_names_them_all():
+    mixed = {"latent": 2, "factor": "posY", "score": 0.32,
+             "scores": {"shape": 0.05, "scale": 0.31, "orientation": 0.0, "posX": 0.28, "posY": 0.32}}
+    clean = {"latent": 3, "factor": "posY", "score": 0.92,
+             "scores": {"shape": 0.0, "scale": 0.0, "orientation": 0.0, "posX": 0.03, "posY": 0.92}}
+    assert reproduce.factor_label(mixed) == "posY/scale/posX (0.32/0.31/0.28)"
+    assert reproduce.factor_label(clean) == "posY (0.92)"
+    assert reproduce.factor_label({"latent": 0, "factor": "scale", "score": 0.5}) == "scale (0.50)"
+    assert reproduce.factor_label(None) == "? (nan)"
