@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 def rescore_table(out: Path, budget: str, parser: ArgumentParser) -> int:
     """``--rescore-latents``: the latent -> factor tables of ``out/<budget>.json`` scored again."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    rows = earlier_rows(out / f"{budget}.json", parser)
+    rows = earlier_rows(out / f"{budget}.json", parser, flag="--rescore-latents")
     if not rows:
         parser.error(f"--rescore-latents: no rows in {out / f'{budget}.json'}")
     left = rescore_latents(rows)
@@ -291,20 +291,20 @@ def run_names(jobs: list[tuple[str, int]], pattern: str, parser: ArgumentParser)
     return names
 
 
-def earlier_rows(path: Path, parser: ArgumentParser, key: str = "experiment") -> list[dict]:
+def earlier_rows(path: Path, parser: ArgumentParser, key: str = "experiment", flag: str = "--keep-rows") -> list[dict]:
     """The rows an earlier run of a table command wrote to ``path`` (none when it does not exist):
     ``key`` is ``"experiment"`` for reproduce's tables, ``"row"`` for the plateau study's. A file
     that is not a list of rows with a string ``key`` and an integer seed is a usage error naming
-    it, raised before any run is trained or evaluated."""
+    it and the option (``flag``) that read it, raised before any run is trained or evaluated."""
     if not path.exists():
         return []
     try:
         rows = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        parser.error(f"--keep-rows: cannot read {path} ({err})")
+        parser.error(f"{flag}: cannot read {path} ({err})")
     if not isinstance(rows, list) or not all(
             isinstance(r, dict) and isinstance(r.get(key), str) and isinstance(r.get("seed"), int) for r in rows):
-        parser.error(f"--keep-rows: {path} is not a list of results rows with '{key}' and 'seed'")
+        parser.error(f"{flag}: {path} is not a list of results rows with '{key}' and 'seed'")
     return rows
 
 

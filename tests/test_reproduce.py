@@ -89,8 +89,9 @@ def test_table_says_when_only_some_seeds_hold_a_score():
     (["--experiments", "beta4_cpu", "--seeds", "0,1", "--run-name", "{experiment}"], "names several runs 'beta4_cpu'"),
     (["--experiments", "beta4_cpu", "--run-name", "{exp}-{seed}"], "--run-name '{exp}-{seed}' is not a pattern"),
     (["--experiments", "beta4_cpu", "--seeds", "0", "--run-name", "a/b"], "name"),
+    (["--rescore-latents", "--out", "nowhere"], "--rescore-latents: no rows in nowhere/cpu.json"),
 ], ids=["spaced-seeds", "letters", "negative", "jobs", "points", "unknown-experiment", "bad-override", "no-runs",
-        "name-clash", "name-field", "name-path"])
+        "name-clash", "name-field", "name-path", "rescore-nothing"])
 def test_every_mistake_is_refused_in_one_line_before_any_training(tmp_path, monkeypatch, capsys, args, message):
     from bcvae import cli
     from conftest import ROOT
@@ -173,6 +174,10 @@ def test_keep_rows_refuses_a_file_it_cannot_merge_before_evaluating(tmp_path, mo
     assert cli.main(["reproduce", "--experiments", "capacity25_cpu", "--seeds", "1", "--no-train", "--keep-rows"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0], err
+    assert written == []
+    assert cli.main(["reproduce", "--rescore-latents"]) == 2  # the same file, read by the other option
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message.replace("--keep-rows", "--rescore-latents") in err[0], err
     assert written == []
 
 
