@@ -30,7 +30,7 @@ factor carries several nats at the end of training (Burgess et al. 2018, fig. 3)
 FACTORS = tuple(i for i, size in enumerate(FACTOR_SIZES) if size > 1)
 
 FACTOR_IMAGES = 2048
-"""Images per factor in :func:`factor_codes`, spread evenly over the factor's values (10,240 in all).
+"""Images per factor in :func:`factor_codes`, spread evenly over the factor's values (10,277 in all).
 
 The error of an η² estimate from a stratified sample is set by the images per factor N, not by
 the number of values: about 2·sqrt(η²(1 − η²)/N) (rms, Gaussian codes), ≤ 0.022 here. Shape,
