@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from torch import nn
 
 from bcvae import config, evaluate, latents, track, viz
 from bcvae.checkpoint import load_model, run_path, write_json
@@ -123,13 +124,17 @@ def latent_factors(encode) -> dict:
             "latent_factor_images_per_factor": n}
 
 
-def row_model(row: dict, pretrained: Path = Path("pretrained")) -> Path | None:
-    """A results row's model on this machine: its run's checkpoint while still at the row's step,
-    else the ``pretrained/<experiment>`` export of that run at that step; None when neither."""
+def row_model(row: dict, pretrained: Path = Path("pretrained")) -> tuple[Path, nn.Module] | None:
+    """A results row's model on this machine and where it was loaded from: its run's checkpoint
+    while still at the row's step, else the ``pretrained/<experiment>`` export of that run at that
+    step; None when neither."""
     ckpt = Path(row.get("run_dir", "")) / "checkpoint.pt"
-    if ckpt.is_file() and load_model(ckpt)[2]["step"] == row.get("steps"):
-        return ckpt
-    return exported_run(row, pretrained)
+    if ckpt.is_file():
+        model, _, saved = load_model(ckpt)
+        if saved["step"] == row.get("steps"):
+            return ckpt, model
+    exported = exported_run(row, pretrained)
+    return (exported, load_model(exported)[0]) if exported is not None else None
 
 
 def rescore_latents(rows: list[dict], pretrained: Path = Path("pretrained")) -> list[dict]:
@@ -138,11 +143,11 @@ def rescore_latents(rows: list[dict], pretrained: Path = Path("pretrained")) -> 
     are returned."""
     left = []
     for row in rows:
-        source = row_model(row, pretrained)
-        if source is None:
+        found = row_model(row, pretrained)
+        if found is None:
             left.append(row)
             continue
-        model = load_model(source)[0]
+        source, model = found
         row.update(latent_factors(make_encode(model, next(model.parameters()).device)))
         log.info("%s seed %d: latent factors scored again from %s", row["experiment"], row["seed"], source)
     return left
