@@ -127,15 +127,16 @@ def markdown_table(results: list[dict]) -> str:
 
 
 def figure(histories: dict[str, list[dict]]):
-    """One row per run: KL, I(x; z), KL(q(z) ‖ p(z)) and C (left), reconstruction NLL (right),
-    over the first steps. ``histories``: label -> logged rows."""
+    """One row per run: KL, I(x; z), KL(q(z) ‖ p(z)) and C (left), reconstruction NLL (right).
+    ``histories``: label -> logged rows. The nats axis reaches 3 nats, or the largest
+    C or KL logged if higher, so that a long run's ramp stays on the axes."""
     from bcvae import latents, viz
 
     fig = viz._figure(10.0, 2.3 * len(histories))
     axes = fig.subplots(len(histories), 2, squeeze=False, sharex=True)
     for (label, rows), (info, rec) in zip(histories.items(), axes):
         viz.draw_information(info, rows, c_label="C")
-        info.set_ylim(-0.2, 3.0)
+        info.set_ylim(-0.2, max([3.0, *(1.05 * r[k] for r in rows for k in ("train/C", "train/kl") if k in r)]))
         info.set_ylabel("nats")
         info.set_title(label, fontsize=9, loc="left")
         rec.plot(*latents.series(rows, "train/rec"), color="tab:green", lw=1.2)

@@ -119,6 +119,14 @@ def test_figure_draws_each_run_as_a_row():
     assert [line.get_label() for line in info.get_lines()] == ["KL", "I(x; z)", "KL(q(z) ‖ p(z))", "C"]
     assert list(info.get_lines()[1].get_ydata()) == [0.25, 0.5]
     assert list(fig.axes[1].get_lines()[0].get_ydata()) == [520.0, 470.0]
+    assert info.get_ylim() == (-0.2, 3.0)
+
+
+def test_figure_axis_follows_a_long_ramp():
+    """A run logged to C = 12.5 nats keeps its C and KL on the axes (3 nats would cut them off)."""
+    rows = [_row(50_000, 570.0, 12.6, 12.5, 0.0)]
+    info = plateau.figure({"long": rows}).axes[0]
+    assert info.get_ylim() == pytest.approx((-0.2, 1.05 * 12.6))
 
 
 def _summarise(tmp_path, key: str, seed: int, rec: float, *extra: str) -> list[dict]:
