@@ -1,4 +1,4 @@
-"""Command line: ``bcvae train|cv|eval|data|sweep|plots|reproduce|plateau|tc-bias|shift-forces|decoded-factors|within-factors|factor-costs|adam-steps`` (also ``python -m bcvae``).
+"""Command line: ``bcvae train|cv|eval|data|sweep|plots|reproduce|plateau|tc-bias|shift-forces|decoded-factors|within-factors|factor-costs|adam-steps|encoder-units`` (also ``python -m bcvae``).
 
 Every command shares one error boundary (:func:`main`). Exit codes: 0 success;
 2 a user mistake (config, argument, edited run record), one line naming the file,
@@ -37,6 +37,7 @@ OWN_PARSERS = {
     "within-factors": "what each latent tells apart within the classes of its main factor",
     "factor-costs": "the best reconstruction given each subset of the factors: what a nat of code buys",
     "adam-steps": "how large a step Adam gives each loss term, from a run's checkpoint",
+    "encoder-units": "which of the encoder's ReLU units respond to any image: a collapse no gradient undoes",
 }
 
 

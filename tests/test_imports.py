@@ -152,6 +152,7 @@ MAY_IMPORT = {
                            "bcvae.model"},
     "bcvae.adam_steps": {"bcvae.checkpoint", "bcvae.data", "bcvae.errors", "bcvae.latents", "bcvae.losses",
                          "bcvae.model"},
+    "bcvae.encoder_units": {"bcvae.checkpoint", "bcvae.data", "bcvae.errors", "bcvae.latents"},
     "bcvae.plateau": {"bcvae.checkpoint", "bcvae.errors", "bcvae.latents", "bcvae.reproduce", "bcvae.track",
                       "bcvae.viz"},
 }
