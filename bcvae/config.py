@@ -29,7 +29,7 @@ import yaml
 OBJECTIVES = ("beta", "capacity", "factor", "btcvae")
 LIKELIHOODS = ("bernoulli", "gaussian")
 SOURCES = ("auto", "dsprites", "procedural")
-ARCHS = ("burgess", "original")
+ARCHS = ("burgess", "burgess_leaky", "original")
 KL_SCALES = ("none", "batch_over_n")
 COMPILE_MODES = ("auto", "on", "graphs", "off")
 OPTIMIZERS = ("adam", "sgd")
@@ -44,7 +44,7 @@ DSPRITES_IMAGES = 737_280
 """Images in dSprites: 3 shapes × 6 scales × 40 orientations × 32 × 32 positions (bcvae.data checks it)."""
 SEED_MAX = 2**32 - 1
 """Largest seed every generator the run seeds accepts (NumPy's legacy seed is 32-bit)."""
-ACTIVATION_BYTES = {"burgess": 0.8e6, "original": 4.5e6}
+ACTIVATION_BYTES = {"burgess": 0.8e6, "burgess_leaky": 0.8e6, "original": 4.5e6}
 """Peak memory of one training image's forward and backward pass, measured on CPU (float32)."""
 RUN_NAME_CHARS = "A-Za-z0-9_.,=+-"
 """The characters of a run name (a regular-expression class body)."""
@@ -77,7 +77,8 @@ class DataConfig:
 @dataclass
 class ModelConfig:
     arch: str = "burgess"
-    """``burgess`` (Burgess et al. 2018) or ``original`` (BatchNorm/LeakyReLU conv net)."""
+    """``burgess`` (Burgess et al. 2018), ``burgess_leaky`` (the same with leaky encoder units) or
+    ``original`` (BatchNorm/LeakyReLU conv net)."""
     z_dim: int = 10
     """Number of latent dimensions."""
 

@@ -1,9 +1,11 @@
 """Gaussian-posterior VAE for 64×64 dSprites and the FactorVAE discriminator.
 
-Two architectures share one :class:`VAE`:
+Three architectures share one :class:`VAE`:
 
 * ``"burgess"`` (default): Burgess et al. 2018, "Understanding disentangling in
   β-VAE", appendix A.1 — ReLU convolutions, no normalisation.
+* ``"burgess_leaky"``: the same with leaky encoder units (slope 0.01), so that no encoder
+  layer can die for good under large gradients (``bcvae encoder-units``); not in the paper.
 * ``"original"``: the conv / BatchNorm / LeakyReLU network of the original
   implementation this repository started from, layer for layer (latent size 6 there).
 
@@ -14,20 +16,29 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-ARCH_Z_DIM = {"burgess": 10, "original": 6}  # latent size each architecture was published with
+ARCH_Z_DIM = {"burgess": 10, "burgess_leaky": 10, "original": 6}  # latent size each architecture was published with
+LEAKY_SLOPE = 0.01
+"""Negative slope of ``burgess_leaky``'s encoder units (nn.LeakyReLU's default)."""
 
 
-def _burgess(z_dim: int) -> tuple[nn.Sequential, nn.Sequential]:
-    """Burgess et al. 2018, A.1: (B,1,64,64) -> (B,2·z_dim) and (B,z_dim) -> (B,1,64,64)."""
+def _burgess(z_dim: int, encoder_slope: float = 0.0) -> tuple[nn.Sequential, nn.Sequential]:
+    """Burgess et al. 2018, A.1: (B,1,64,64) -> (B,2·z_dim) and (B,z_dim) -> (B,1,64,64).
+
+    ``encoder_slope`` > 0 replaces the encoder's ReLUs by leaky ones (``burgess_leaky``, not in the
+    paper): a leaky unit passes gradient for every input, so no encoder layer can die for good
+    (``bcvae encoder-units``). The decoder is the paper's either way."""
+    def act() -> nn.Module:
+        return nn.LeakyReLU(encoder_slope) if encoder_slope else nn.ReLU()
+
     def conv(c_in: int) -> list[nn.Module]:  # each halves the side: 64 -> 32 -> 16 -> 8 -> 4
-        return [nn.Conv2d(c_in, 32, 4, 2, 1), nn.ReLU()]
+        return [nn.Conv2d(c_in, 32, 4, 2, 1), act()]
 
     def deconv(c_out: int) -> list[nn.Module]:  # each doubles the side: 4 -> 8 -> 16 -> 32 -> 64
         return [nn.ConvTranspose2d(32, c_out, 4, 2, 1), nn.ReLU()]
 
     encoder = nn.Sequential(
         *conv(1), *conv(32), *conv(32), *conv(32), nn.Flatten(),           # (B, 32·4·4 = 512)
-        nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+        nn.Linear(512, 256), act(), nn.Linear(256, 256), act(),
         nn.Linear(256, 2 * z_dim))                                         # (μ, log σ²)
     decoder = nn.Sequential(
         nn.Linear(z_dim, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
@@ -80,17 +91,20 @@ class VAE(nn.Module):
     Parameters
     ----------
     z_dim : latent size; ``None`` takes the architecture's published size (burgess 10, original 6).
-    arch : ``"burgess"`` or ``"original"``.
+    arch : ``"burgess"``, ``"burgess_leaky"`` (its encoder's units leaky) or ``"original"``.
     """
 
     def __init__(self, z_dim: int | None = None, arch: str = "burgess") -> None:
         super().__init__()
         if arch == "burgess":
             build = _burgess
+        elif arch == "burgess_leaky":
+            def build(z: int) -> tuple[nn.Sequential, nn.Sequential]:
+                return _burgess(z, encoder_slope=LEAKY_SLOPE)
         elif arch == "original":
             build = _original
         else:
-            raise ValueError(f"model.arch must be 'burgess' or 'original', got {arch!r}")
+            raise ValueError(f"model.arch must be 'burgess', 'burgess_leaky' or 'original', got {arch!r}")
         self.arch = arch
         self.z_dim = ARCH_Z_DIM[arch] if z_dim is None else int(z_dim)
         if self.z_dim < 1:

@@ -10,7 +10,7 @@ def _layers(module: nn.Module, kind: type) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, kind)]
 
 
-@pytest.mark.parametrize("arch, z_dim", [("burgess", 10), ("original", 6)])
+@pytest.mark.parametrize("arch, z_dim", [("burgess", 10), ("burgess_leaky", 10), ("original", 6)])
 def test_shapes_through_both_architectures(arch, z_dim):
     torch.manual_seed(0)
     model = VAE(arch=arch)
@@ -35,6 +35,26 @@ def test_burgess_architecture_matches_paper_appendix():
     assert not _layers(model, nn.BatchNorm2d)
     # logits, not probabilities: the last module is the transposed conv itself
     assert isinstance(model.decoder[-1], nn.ConvTranspose2d)
+
+
+def test_burgess_leaky_is_the_paper_network_with_leaky_encoder_units():
+    """Same layers and, from the same seed, the same initial weights as ``burgess`` (a run of each
+    starts from one point); only the encoder's activations differ."""
+    torch.manual_seed(3)
+    paper = VAE(arch="burgess")
+    torch.manual_seed(3)
+    leaky = VAE(arch="burgess_leaky")
+    assert leaky.z_dim == 10
+    a, b = paper.state_dict(), leaky.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [nn.LeakyReLU if type(m) is nn.ReLU else type(m) for m in paper.encoder] == \
+        [type(m) for m in leaky.encoder]
+    acts = [m for m in leaky.encoder if isinstance(m, (nn.ReLU, nn.LeakyReLU))]
+    assert len(acts) == 6 and all(isinstance(m, nn.LeakyReLU) and m.negative_slope == 0.01 for m in acts)
+    assert [type(m) for m in leaky.decoder] == [type(m) for m in paper.decoder]
+    x = torch.rand(3, 1, 64, 64)
+    mu_paper, mu_leaky = paper.encode(x)[0], leaky.encode(x)[0]
+    assert mu_paper.shape == mu_leaky.shape == (3, 10) and not torch.equal(mu_paper, mu_leaky)
 
 
 # The original implementation's network, written out by hand from its source:
