@@ -1,12 +1,13 @@
 """Which of the encoder's ReLU units respond to the images at all.
 
 A ReLU unit whose input is ≤ 0 for every image outputs 0 and passes no gradient
-back: no loss term can move the weights in front of it, so it stays off. If every
-unit of one layer is off for every image, the layers after it see the same input
-whatever the image, the posterior q(z|x) is the same for every x, and no gradient
-of any loss reaches the layers before it: the encoder can never again carry
-information about x. That is a posterior collapse no schedule undoes (Adam's
-moments decay to nothing once the gradients are zero). This module counts, layer
+back: no loss term moves the weights that feed it, and it comes back on only if
+the layers before it change through other units. If every unit of one layer is
+off for every image, the layers after it see the same input whatever the image,
+the posterior q(z|x) is the same for every x, and no gradient of any loss reaches
+the layers before it: the encoder can never again carry information about x. That
+is a posterior collapse no schedule undoes (Adam's moments decay to nothing once
+the gradients are zero). This module counts, layer
 by layer, the units that are on for at least one image and the units whose output
 differs between images, and the largest difference between two images' encoder
 outputs::

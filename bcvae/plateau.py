@@ -51,6 +51,7 @@ ROWS = {
     "clip100": ("gradient norm clipped to 100", ["train.grad_clip=100"]),
     "sgd1e-4": ("SGD, momentum 0.9, lr 1e-4 (no per-parameter scaling)", ["train.optimizer=sgd", "train.lr=1.0e-4"]),
     "sgd1e-3": ("SGD, momentum 0.9, lr 1e-3", ["train.optimizer=sgd", "train.lr=1.0e-3"]),
+    "leaky": ("leaky encoder units, slope 0.01 (no encoder layer can die)", ["model.arch=burgess_leaky"]),
 }
 # Settings of every plateau run that do not change its trajectory: no metrics, fewer pictures.
 QUIET = ["eval.at_end=false", "log.every_images=4000", "train.val_max_batches=8"]
