@@ -7,10 +7,9 @@ off for every image, the layers after it see the same input whatever the image,
 the posterior q(z|x) is the same for every x, and no gradient of any loss reaches
 the layers before it: the encoder can never again carry information about x. That
 is a posterior collapse no schedule undoes (Adam's moments decay to nothing once
-the gradients are zero). This module counts, layer
-by layer, the units that are on for at least one image and the units whose output
-differs between images, and the largest difference between two images' encoder
-outputs::
+the gradients are zero). This module counts, layer by layer, the units that are on
+for at least one image and the units whose output differs between images, and the
+largest difference between two images' encoder outputs::
 
     python -m bcvae encoder-units runs/plateau-gamma1000-seed0/fold0 --images 0   # all 737,280 images
 """

@@ -13,6 +13,8 @@ Both decoders output Bernoulli *logits*; the losses apply the sigmoid.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor, nn
 
@@ -85,6 +87,11 @@ def _original(z_dim: int) -> tuple[nn.Sequential, nn.Sequential]:
     return encoder, nn.Sequential(*dec)
 
 
+BUILDERS = {"burgess": _burgess, "burgess_leaky": functools.partial(_burgess, encoder_slope=LEAKY_SLOPE),
+            "original": _original}
+"""model.arch -> z_dim -> (encoder, decoder)."""
+
+
 class VAE(nn.Module):
     """VAE with diagonal Gaussian posterior q(z|x) = N(μ, diag σ²) and prior N(0, I).
 
@@ -96,15 +103,9 @@ class VAE(nn.Module):
 
     def __init__(self, z_dim: int | None = None, arch: str = "burgess") -> None:
         super().__init__()
-        if arch == "burgess":
-            build = _burgess
-        elif arch == "burgess_leaky":
-            def build(z: int) -> tuple[nn.Sequential, nn.Sequential]:
-                return _burgess(z, encoder_slope=LEAKY_SLOPE)
-        elif arch == "original":
-            build = _original
-        else:
-            raise ValueError(f"model.arch must be 'burgess', 'burgess_leaky' or 'original', got {arch!r}")
+        if arch not in BUILDERS:
+            raise ValueError(f"model.arch must be one of {', '.join(map(repr, BUILDERS))}, got {arch!r}")
+        build = BUILDERS[arch]
         self.arch = arch
         self.z_dim = ARCH_Z_DIM[arch] if z_dim is None else int(z_dim)
         if self.z_dim < 1:

@@ -128,6 +128,12 @@ def test_unknown_architecture_names_the_key():
         VAE(arch="resnet")
 
 
+def test_the_config_offers_exactly_the_architectures_the_model_builds():
+    from bcvae import config, model
+
+    assert set(config.ARCHS) == set(model.BUILDERS) == set(model.ARCH_Z_DIM)
+
+
 @pytest.mark.parametrize("arch", ["burgess", "original"])
 def test_channels_last_input_gives_same_output(arch):
     torch.manual_seed(1)
