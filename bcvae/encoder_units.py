@@ -110,7 +110,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.images < 0:
         p.error(f"--images must be >= 0 (0 = all {N_IMAGES:,} images), got {args.images}")
-    torch.set_num_threads(1)
     classes = all_latents_classes() if args.images == 0 else random_classes(args.images, np.random.default_rng(args.seed))
     for run in args.runs:
         model, _, ckpt = load_model(checkpoint_path(Path(run)), torch.device("cpu"))

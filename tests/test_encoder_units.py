@@ -3,6 +3,8 @@ layers with known answers; a dead layer really stops every gradient in front of 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from torch import nn
 from bcvae import encoder_units
 from bcvae.model import VAE
 
-ROOT = encoder_units.Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _hand_made() -> nn.Sequential:
