@@ -37,7 +37,7 @@ OWN_PARSERS = {
     "within-factors": "what each latent tells apart within the classes of its main factor",
     "factor-costs": "the best reconstruction given each subset of the factors: what a nat of code buys",
     "adam-steps": "how large a step Adam gives each loss term, from a run's checkpoint",
-    "encoder-units": "which of the encoder's ReLU units respond to any image",
+    "encoder-units": "which of the encoder's rectifier units respond to any image",
 }
 
 

@@ -9,7 +9,10 @@ the layers before it: the encoder can never again carry information about x. Tha
 is a posterior collapse no schedule undoes (Adam's moments decay to nothing once
 the gradients are zero). This module counts, layer by layer, the units that are on
 for at least one image and the units whose output differs between images, and the
-largest difference between two images' encoder outputs::
+largest difference between two images' encoder outputs. Leaky units
+(``model.arch: burgess_leaky``, ``original``) are counted the same way, "on" meaning in
+their slope-1 range; one of them below zero for every image still passes its slope
+(0.01) of the gradient, so a leaky layer with no unit on is starved, not cut::
 
     python -m bcvae encoder-units runs/plateau-gamma1000-seed0/fold0 --images 0   # all 737,280 images
 """
@@ -35,29 +38,41 @@ SAME = 1e-5
 input in batches of another size can differ in its last bits (the order of a matrix product's sums)."""
 
 
-def _describe(layer: nn.Module) -> str:
-    """``Conv2d 1→32`` / ``Linear 512→256``: the layer a ReLU follows."""
-    if isinstance(layer, nn.Conv2d):
-        return f"Conv2d {layer.in_channels}→{layer.out_channels}"
-    if isinstance(layer, nn.Linear):
-        return f"Linear {layer.in_features}→{layer.out_features}"
-    return type(layer).__name__
+RECTIFIERS = (nn.ReLU, nn.LeakyReLU)
+"""The units watched; a ReLU's "off" passes no gradient, a LeakyReLU's passes its slope of it."""
+
+
+def _describe(layers: nn.Sequential, index: int) -> str:
+    """``Conv2d 1→32`` / ``Linear 512→256``: the nearest weight layer before ``layers[index]``
+    (past a BatchNorm, as in the ``original`` network), or ``input``."""
+    for layer in reversed(layers[:index]):
+        if isinstance(layer, nn.Conv2d):
+            return f"Conv2d {layer.in_channels}→{layer.out_channels}"
+        if isinstance(layer, nn.Linear):
+            return f"Linear {layer.in_features}→{layer.out_features}"
+    return "input"
+
+
+def _kind(unit: nn.Module) -> str:
+    """``ReLU`` or ``LeakyReLU(0.01)``."""
+    return f"LeakyReLU({unit.negative_slope:g})" if isinstance(unit, nn.LeakyReLU) else "ReLU"
 
 
 @torch.no_grad()
 def relu_activity(layers: nn.Sequential, batches: Iterable[Tensor]) -> tuple[list[dict], float]:
-    """Run ``batches`` through ``layers`` and watch every ``nn.ReLU`` in it.
+    """Run ``batches`` through ``layers`` and watch every ``nn.ReLU`` and ``nn.LeakyReLU`` in it.
 
     ``batches``: input tensors ``(B, ...)``; a unit is a channel of a ``(B, C, H, W)``
-    output or a feature of a ``(B, F)`` one. Returns one dict per ReLU, in order:
-    ``index`` (its place in ``layers``), ``after`` (the layer it follows), ``units``,
+    output or a feature of a ``(B, F)`` one. Returns one dict per rectifier, in order:
+    ``index`` (its place in ``layers``), ``after`` (the weight layer it follows), ``kind``
+    (:func:`_kind`), ``units``,
     ``on`` (units positive for at least one input at some position: exact) and ``varying``
     (units whose output differs between two inputs at some position, by more than
     :data:`SAME` relative); and the largest absolute difference between two inputs'
     outputs of ``layers``, over every output coordinate (exact: 0.0 when the output is the
     same for every input, a few 1e-9 when only the last bits of a batched product differ).
     """
-    relus = {i for i, layer in enumerate(layers) if isinstance(layer, nn.ReLU)}
+    relus = {i for i, layer in enumerate(layers) if isinstance(layer, RECTIFIERS)}
     on: dict[int, Tensor] = {}
     varying: dict[int, Tensor] = {}
     first: dict[int, Tensor] = {}            # the first input's activations: what "differs" compares with
@@ -79,7 +94,7 @@ def relu_activity(layers: nn.Sequential, batches: Iterable[Tensor]) -> tuple[lis
         high = out.amax(0) if high is None else torch.maximum(high, out.amax(0))
     if low is None:
         raise ValueError("relu_activity needs at least one batch")
-    rows = [{"index": i, "after": _describe(layers[i - 1]) if i else "input", "units": len(on[i]),
+    rows = [{"index": i, "after": _describe(layers, i), "kind": _kind(layers[i]), "units": len(on[i]),
              "on": int(on[i].sum()), "varying": int(varying[i].sum())} for i in sorted(relus)]
     return rows, float((high - low).max())
 
@@ -91,13 +106,19 @@ def image_batches(classes: np.ndarray, chunk: int = CHUNK) -> Iterable[Tensor]:
 
 
 def dead_layers(rows: list[dict]) -> list[dict]:
-    """The ReLU layers of :func:`relu_activity` with no unit on for any input."""
-    return [r for r in rows if r["on"] == 0]
+    """The ReLU layers of :func:`relu_activity` with no unit on for any input: they cut the encoder."""
+    return [r for r in rows if r["on"] == 0 and r["kind"] == "ReLU"]
+
+
+def starved_layers(rows: list[dict]) -> list[dict]:
+    """The LeakyReLU layers with no unit on for any input: only the slope's share of a gradient passes."""
+    return [r for r in rows if r["on"] == 0 and r["kind"] != "ReLU"]
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| ReLU after | units | on for some image | differ between images |", "|---|---:|---:|---:|"]
-    lines += [f"| {r['after']} (layer {r['index']}) | {r['units']} | {r['on']} | {r['varying']} |" for r in rows]
+    lines = ["| units after | kind | units | on for some image | differ between images |", "|---|---|---:|---:|---:|"]
+    lines += [f"| {r['after']} (layer {r['index']}) | {r['kind']} | {r['units']} | {r['on']} | {r['varying']} |"
+              for r in rows]
     return "\n".join(lines)
 
 
@@ -120,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         for r in dead_layers(rows):
             print(f"no unit after {r['after']} (layer {r['index']}) is on for any of these images: "
                   "the encoder's output does not depend on them, and no gradient reaches the layers before it")
+        for r in starved_layers(rows):
+            print(f"no unit after {r['after']} (layer {r['index']}) is on for any of these images: "
+                  f"the layers before it get only the {r['kind']} slope's share of every gradient")
     return 0
 
 

@@ -31,9 +31,28 @@ def _hand_made() -> nn.Sequential:
 def test_known_answer_of_a_hand_made_layer():
     x = torch.tensor([[0.0, 0.5], [0.7, 0.2], [0.3, 1.0]])
     rows, spread = encoder_units.relu_activity(_hand_made(), [x[:2], x[2:]])   # two batches
-    assert rows == [{"index": 1, "after": "Linear 2→3", "units": 3, "on": 2, "varying": 1}]
+    assert rows == [{"index": 1, "after": "Linear 2→3", "kind": "ReLU", "units": 3, "on": 2, "varying": 1}]
     assert spread == 0.0                       # the output reads unit 2 only: 2 for every input
     assert encoder_units.dead_layers(rows) == []
+
+
+def test_known_answer_of_a_hand_made_leaky_layer():
+    """The same weights with LeakyReLU(0.1): unit 1 is still never on, but its output
+    0.1·(−1 − x₀ − x₁) differs between inputs; unit 0 is x₀ for x₀ ≥ 0, unit 2 is 1."""
+    layers = _hand_made()
+    layers[1] = nn.LeakyReLU(0.1)
+    x = torch.tensor([[0.0, 0.5], [0.7, 0.2], [0.3, 1.0]])
+    rows, spread = encoder_units.relu_activity(layers, [x])
+    assert rows == [{"index": 1, "after": "Linear 2→3", "kind": "LeakyReLU(0.1)", "units": 3, "on": 2,
+                     "varying": 2}]
+    assert spread == 0.0
+    assert encoder_units.dead_layers(rows) == encoder_units.starved_layers(rows) == []
+
+
+def test_units_are_named_by_the_weight_layer_before_them_past_batchnorm():
+    rows, _ = encoder_units.relu_activity(VAE(arch="original").encoder, [torch.rand(2, 1, 64, 64)])
+    assert [r["after"] for r in rows] == ["Conv2d 1→32", "Conv2d 32→64", "Conv2d 64→128", "Conv2d 128→256"]
+    assert {r["kind"] for r in rows} == {"LeakyReLU(0.01)"}
 
 
 def test_a_fresh_encoder_is_alive_and_reads_the_image():
@@ -69,13 +88,31 @@ def test_a_dead_layer_makes_the_output_constant_and_stops_every_gradient_before_
     assert torch.count_nonzero(encoder[-1].bias.grad) > 0        # the layers after it still learn a constant
 
 
+def test_a_leaky_layer_with_no_unit_on_is_starved_not_cut():
+    """The dead-layer experiment above on ``burgess_leaky``: no unit of the third convolution is
+    on, yet the output still depends on the image and the first convolutions still get a
+    gradient, through the units' 0.01 slope."""
+    torch.manual_seed(0)
+    encoder = VAE(arch="burgess_leaky").encoder
+    with torch.no_grad():
+        encoder[4].bias.fill_(-10.0)
+    x = torch.cat(list(encoder_units.image_batches(np.array([[0, 0, 2, 5, 10, 20], [0, 2, 5, 30, 3, 7]]))))
+    rows, spread = encoder_units.relu_activity(encoder, [x])
+    by_index = {r["index"]: r for r in rows}
+    assert by_index[5]["on"] == 0 and by_index[5]["varying"] > 0 and spread > 1e-6
+    assert encoder_units.dead_layers(rows) == []
+    assert [r["index"] for r in encoder_units.starved_layers(rows)] == [5]
+    (encoder(x) - torch.randn(len(x), 20)).pow(2).sum().backward()
+    assert torch.count_nonzero(encoder[0].weight.grad) > 0
+
+
 def test_cli_reports_a_run_and_refuses_bad_images_in_one_line(smoke_run, capsys):
     from bcvae import cli
 
     assert cli.main(["encoder-units", str(smoke_run), str(ROOT / "pretrained" / "beta4"), "--images", "64"]) == 0
     out = capsys.readouterr().out
     assert "(step 40), 64 images:" in out and "(step 100,000), 64 images:" in out
-    assert out.count("| Conv2d 32→32 (layer 5) | 32 |") == 2
+    assert out.count("| Conv2d 32→32 (layer 5) | ReLU | 32 |") == 2
     assert "no unit after" not in out
     assert cli.main(["encoder-units", str(smoke_run), "--images", "-1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
