@@ -134,6 +134,14 @@ def test_paper_settings():
     assert differ == {"name", "loss.kl_scale"}   # the fix is the scaling and nothing else
 
 
+@pytest.mark.parametrize("variant, key", [("capacity25_leaky", "model.arch"), ("capacity25_g100", "loss.gamma")])
+def test_capacity25_variants_change_one_setting(variant, key):
+    """Each variant asks one question of capacity25.yaml, so it must differ from it in one key."""
+    base = config.flatten(config.to_dict(config.load(ROOT / "experiments" / "capacity25.yaml")))
+    other = config.flatten(config.to_dict(config.load(ROOT / "experiments" / f"{variant}.yaml")))
+    assert {k for k, v in base.items() if other[k] != v} == {"name", key}
+
+
 def test_pyproject_and_environment_name_the_same_dependencies():
     import re
     import tomllib
