@@ -1,4 +1,4 @@
-"""Which of the encoder's ReLU units respond to the images at all.
+"""Which of the encoder's rectifier units (ReLU or leaky) respond to the images at all.
 
 A ReLU unit whose input is ≤ 0 for every image outputs 0 and passes no gradient
 back: no loss term moves the weights that feed it, and it comes back on only if
