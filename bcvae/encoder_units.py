@@ -53,26 +53,31 @@ def _describe(layers: nn.Sequential, index: int) -> str:
     return "input"
 
 
+def _slope(unit: nn.Module) -> float:
+    """The unit's slope below zero: 0 for a ReLU (no gradient passes), ``negative_slope`` for a leaky one."""
+    return float(unit.negative_slope) if isinstance(unit, nn.LeakyReLU) else 0.0
+
+
 def _kind(unit: nn.Module) -> str:
-    """``ReLU`` or ``LeakyReLU(0.01)``."""
+    """``ReLU`` or ``LeakyReLU(0.01)``: the printed name."""
     return f"LeakyReLU({unit.negative_slope:g})" if isinstance(unit, nn.LeakyReLU) else "ReLU"
 
 
 @torch.no_grad()
-def relu_activity(layers: nn.Sequential, batches: Iterable[Tensor]) -> tuple[list[dict], float]:
+def rectifier_activity(layers: nn.Sequential, batches: Iterable[Tensor]) -> tuple[list[dict], float]:
     """Run ``batches`` through ``layers`` and watch every ``nn.ReLU`` and ``nn.LeakyReLU`` in it.
 
     ``batches``: input tensors ``(B, ...)``; a unit is a channel of a ``(B, C, H, W)``
     output or a feature of a ``(B, F)`` one. Returns one dict per rectifier, in order:
     ``index`` (its place in ``layers``), ``after`` (the weight layer it follows), ``kind``
-    (:func:`_kind`), ``units``,
+    (:func:`_kind`), ``slope`` (:func:`_slope`), ``units``,
     ``on`` (units positive for at least one input at some position: exact) and ``varying``
     (units whose output differs between two inputs at some position, by more than
     :data:`SAME` relative); and the largest absolute difference between two inputs'
     outputs of ``layers``, over every output coordinate (exact: 0.0 when the output is the
     same for every input, a few 1e-9 when only the last bits of a batched product differ).
     """
-    relus = {i for i, layer in enumerate(layers) if isinstance(layer, RECTIFIERS)}
+    watched = {i for i, layer in enumerate(layers) if isinstance(layer, RECTIFIERS)}
     on: dict[int, Tensor] = {}
     varying: dict[int, Tensor] = {}
     first: dict[int, Tensor] = {}            # the first input's activations: what "differs" compares with
@@ -81,7 +86,7 @@ def relu_activity(layers: nn.Sequential, batches: Iterable[Tensor]) -> tuple[lis
         h = x
         for i, layer in enumerate(layers):
             h = layer(h)
-            if i in relus:
+            if i in watched:
                 units = h.transpose(0, 1).reshape(h.shape[1], len(h), -1)      # (units, B, positions)
                 if i not in first:
                     first[i] = units[:, :1].clone()
@@ -93,9 +98,10 @@ def relu_activity(layers: nn.Sequential, batches: Iterable[Tensor]) -> tuple[lis
         low = out.amin(0) if low is None else torch.minimum(low, out.amin(0))
         high = out.amax(0) if high is None else torch.maximum(high, out.amax(0))
     if low is None:
-        raise ValueError("relu_activity needs at least one batch")
-    rows = [{"index": i, "after": _describe(layers, i), "kind": _kind(layers[i]), "units": len(on[i]),
-             "on": int(on[i].sum()), "varying": int(varying[i].sum())} for i in sorted(relus)]
+        raise ValueError("rectifier_activity needs at least one batch")
+    rows = [{"index": i, "after": _describe(layers, i), "kind": _kind(layers[i]),
+             "slope": _slope(layers[i]), "units": len(on[i]), "on": int(on[i].sum()),
+             "varying": int(varying[i].sum())} for i in sorted(watched)]
     return rows, float((high - low).max())
 
 
@@ -106,13 +112,18 @@ def image_batches(classes: np.ndarray, chunk: int = CHUNK) -> Iterable[Tensor]:
 
 
 def dead_layers(rows: list[dict]) -> list[dict]:
-    """The ReLU layers of :func:`relu_activity` with no unit on for any input: they cut the encoder."""
-    return [r for r in rows if r["on"] == 0 and r["kind"] == "ReLU"]
+    """The layers of :func:`rectifier_activity` with slope 0 (ReLU) and no unit on for any input: they cut
+    the encoder."""
+    return [r for r in rows if r["on"] == 0 and r["slope"] == 0]
 
 
 def starved_layers(rows: list[dict]) -> list[dict]:
     """The LeakyReLU layers with no unit on for any input: only the slope's share of a gradient passes."""
-    return [r for r in rows if r["on"] == 0 and r["kind"] != "ReLU"]
+    return [r for r in rows if r["on"] == 0 and r["slope"] > 0]
+
+
+def _none_on(row: dict) -> str:
+    return f"no unit after {row['after']} (layer {row['index']}) is on for any of these images"
 
 
 def markdown(rows: list[dict]) -> str:
@@ -134,16 +145,15 @@ def main(argv: list[str] | None = None) -> int:
     classes = all_latents_classes() if args.images == 0 else random_classes(args.images, np.random.default_rng(args.seed))
     for run in args.runs:
         model, _, ckpt = load_model(checkpoint_path(Path(run)), torch.device("cpu"))
-        rows, spread = relu_activity(model.encoder, image_batches(classes))
+        rows, spread = rectifier_activity(model.encoder, image_batches(classes))
         print(f"{run} (step {ckpt['step']:,}), {len(classes):,} images:")
         print(markdown(rows))
         print(f"largest difference between two images' encoder outputs (μ, log σ²): {spread:.3g}")
         for r in dead_layers(rows):
-            print(f"no unit after {r['after']} (layer {r['index']}) is on for any of these images: "
-                  "the encoder's output does not depend on them, and no gradient reaches the layers before it")
+            print(f"{_none_on(r)}: the encoder's output does not depend on them, "
+                  "and no gradient reaches the layers before it")
         for r in starved_layers(rows):
-            print(f"no unit after {r['after']} (layer {r['index']}) is on for any of these images: "
-                  f"the layers before it get only the {r['kind']} slope's share of every gradient")
+            print(f"{_none_on(r)}: the layers before it get only the {r['kind']} slope's share of every gradient")
     return 0
 
 

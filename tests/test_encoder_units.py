@@ -30,8 +30,8 @@ def _hand_made() -> nn.Sequential:
 
 def test_known_answer_of_a_hand_made_layer():
     x = torch.tensor([[0.0, 0.5], [0.7, 0.2], [0.3, 1.0]])
-    rows, spread = encoder_units.relu_activity(_hand_made(), [x[:2], x[2:]])   # two batches
-    assert rows == [{"index": 1, "after": "Linear 2→3", "kind": "ReLU", "units": 3, "on": 2, "varying": 1}]
+    rows, spread = encoder_units.rectifier_activity(_hand_made(), [x[:2], x[2:]])   # two batches
+    assert rows == [{"index": 1, "after": "Linear 2→3", "kind": "ReLU", "slope": 0.0, "units": 3, "on": 2, "varying": 1}]
     assert spread == 0.0                       # the output reads unit 2 only: 2 for every input
     assert encoder_units.dead_layers(rows) == []
 
@@ -42,15 +42,15 @@ def test_known_answer_of_a_hand_made_leaky_layer():
     layers = _hand_made()
     layers[1] = nn.LeakyReLU(0.1)
     x = torch.tensor([[0.0, 0.5], [0.7, 0.2], [0.3, 1.0]])
-    rows, spread = encoder_units.relu_activity(layers, [x])
-    assert rows == [{"index": 1, "after": "Linear 2→3", "kind": "LeakyReLU(0.1)", "units": 3, "on": 2,
-                     "varying": 2}]
+    rows, spread = encoder_units.rectifier_activity(layers, [x])
+    assert rows == [{"index": 1, "after": "Linear 2→3", "kind": "LeakyReLU(0.1)", "slope": 0.1, "units": 3,
+                     "on": 2, "varying": 2}]
     assert spread == 0.0
     assert encoder_units.dead_layers(rows) == encoder_units.starved_layers(rows) == []
 
 
 def test_units_are_named_by_the_weight_layer_before_them_past_batchnorm():
-    rows, _ = encoder_units.relu_activity(VAE(arch="original").encoder, [torch.rand(2, 1, 64, 64)])
+    rows, _ = encoder_units.rectifier_activity(VAE(arch="original").encoder, [torch.rand(2, 1, 64, 64)])
     assert [r["after"] for r in rows] == ["Conv2d 1→32", "Conv2d 32→64", "Conv2d 64→128", "Conv2d 128→256"]
     assert {r["kind"] for r in rows} == {"LeakyReLU(0.01)"}
 
@@ -58,7 +58,7 @@ def test_units_are_named_by_the_weight_layer_before_them_past_batchnorm():
 def test_a_fresh_encoder_is_alive_and_reads_the_image():
     torch.manual_seed(0)
     x = next(iter(encoder_units.image_batches(np.array([[0, 0, 2, 5, 10, 20], [0, 2, 5, 30, 3, 7]]))))
-    rows, spread = encoder_units.relu_activity(VAE().encoder, [x])
+    rows, spread = encoder_units.rectifier_activity(VAE().encoder, [x])
     assert [r["after"] for r in rows] == ["Conv2d 1→32", "Conv2d 32→32", "Conv2d 32→32", "Conv2d 32→32",
                                           "Linear 512→256", "Linear 256→256"]
     assert all(r["on"] > r["units"] // 4 and r["varying"] > 0 for r in rows)
@@ -75,7 +75,7 @@ def test_a_dead_layer_makes_the_output_constant_and_stops_every_gradient_before_
         encoder[4].bias.fill_(-1e4)
     classes = np.stack([np.random.default_rng(1).integers(0, n, 16) for n in (1, 3, 6, 40, 32, 32)], axis=1)
     x = torch.cat(list(encoder_units.image_batches(classes, chunk=5)))
-    rows, spread = encoder_units.relu_activity(encoder, encoder_units.image_batches(classes, chunk=5))
+    rows, spread = encoder_units.rectifier_activity(encoder, encoder_units.image_batches(classes, chunk=5))
     by_index = {r["index"]: r for r in rows}
     assert by_index[5]["on"] == 0 and by_index[5]["varying"] == 0
     assert all(r["varying"] == 0 for r in rows if r["index"] > 5)
@@ -97,13 +97,25 @@ def test_a_leaky_layer_with_no_unit_on_is_starved_not_cut():
     with torch.no_grad():
         encoder[4].bias.fill_(-10.0)
     x = torch.cat(list(encoder_units.image_batches(np.array([[0, 0, 2, 5, 10, 20], [0, 2, 5, 30, 3, 7]]))))
-    rows, spread = encoder_units.relu_activity(encoder, [x])
+    rows, spread = encoder_units.rectifier_activity(encoder, [x])
     by_index = {r["index"]: r for r in rows}
     assert by_index[5]["on"] == 0 and by_index[5]["varying"] > 0 and spread > 1e-6
     assert encoder_units.dead_layers(rows) == []
     assert [r["index"] for r in encoder_units.starved_layers(rows)] == [5]
     (encoder(x) - torch.randn(len(x), 20)).pow(2).sum().backward()
     assert torch.count_nonzero(encoder[0].weight.grad) > 0
+
+
+def test_a_leaky_layer_of_slope_zero_is_dead_like_a_relu():
+    """``LeakyReLU(0)`` is a ReLU by another name: with no unit on it cuts the encoder, and the
+    report must say so from the slope, not from the class's name."""
+    layers = _hand_made()
+    layers[1] = nn.LeakyReLU(0.0)
+    with torch.no_grad():
+        layers[0].bias.fill_(-10.0)
+    rows, spread = encoder_units.rectifier_activity(layers, [torch.rand(4, 2)])
+    assert rows[0]["on"] == 0 and rows[0]["slope"] == 0.0 and spread == 0.0
+    assert encoder_units.dead_layers(rows) == rows and encoder_units.starved_layers(rows) == []
 
 
 def test_cli_reports_a_run_and_refuses_bad_images_in_one_line(smoke_run, capsys):
@@ -119,6 +131,6 @@ def test_cli_reports_a_run_and_refuses_bad_images_in_one_line(smoke_run, capsys)
     assert len(err) == 1 and "--images must be >= 0" in err[0], err
 
 
-def test_relu_activity_needs_a_batch():
+def test_rectifier_activity_needs_a_batch():
     with pytest.raises(ValueError, match="at least one batch"):
-        encoder_units.relu_activity(_hand_made(), [])
+        encoder_units.rectifier_activity(_hand_made(), [])
