@@ -75,6 +75,8 @@ def _parser() -> ArgumentParser:
     ex = sub.add_parser("export", help="copy a finished, evaluated run's weights into a pretrained directory")
     ex.add_argument("run", help="run directory (runs/<exp>/fold<k>) with eval.json of its final checkpoint")
     ex.add_argument("out", help="pretrained/<experiment>")
+    ex.add_argument("--name", help="the model's name in the exported config.yaml (default: the run's), "
+                                   "e.g. the experiment's for a run trained under another name")
     for name, text in OWN_PARSERS.items():
         sub.add_parser(name, help=f"{text} (bcvae {name} --help)", add_help=False)
     return p
@@ -161,7 +163,7 @@ def _dispatch(args) -> int:
     if args.command == "export":
         from bcvae import evaluate
 
-        for path in evaluate.export(Path(args.run), Path(args.out)):
+        for path in evaluate.export(Path(args.run), Path(args.out), name=args.name):
             print(f"{path} ({path.stat().st_size / 2**20:.2f} MiB)")
         return 0
     raise AssertionError(args.command)

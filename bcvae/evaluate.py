@@ -251,9 +251,12 @@ def merge_evaluations(previous: dict | None, result: dict) -> dict:
     return merged
 
 
-def export(run: Path, out_dir: Path) -> list[Path]:
-    """``bcvae export RUN DIR``: a finished run's weights, config, ``eval.json`` and log as a
-    pretrained directory (see :func:`bcvae.checkpoint.export_pretrained`)."""
+def export(run: Path, out_dir: Path, name: str | None = None) -> list[Path]:
+    """``bcvae export RUN DIR [--name NAME]``: a finished run's weights, config, ``eval.json`` and
+    log as a pretrained directory (see :func:`bcvae.checkpoint.export_pretrained`).
+
+    ``name`` replaces the run's name in the exported ``config.yaml`` (a seed trained as
+    ``name=<exp>-seed1`` exported as ``pretrained/<exp>``); ``info.json`` keeps the source run."""
     ckpt_path = checkpoint_path(Path(run))
     ckpt = load_checkpoint(ckpt_path)
     eval_file = ckpt_path.parent / "eval.json"
@@ -264,7 +267,9 @@ def export(run: Path, out_dir: Path) -> list[Path]:
         raise CheckpointError(f"{eval_file} is of step {result.get('step')}, the checkpoint of step "
                               f"{ckpt['step']}: run `bcvae eval {ckpt_path.parent}` again")
     history = track.read_jsonl(ckpt_path.parent / "metrics.jsonl") if (ckpt_path.parent / "metrics.jsonl").exists() else []
-    return export_pretrained(ckpt, Path(out_dir), config_yaml=yaml.safe_dump(ckpt["config"], sort_keys=False),
+    cfg = ckpt["config"] if name is None else {**ckpt["config"], "name": name}
+    config.from_dict(cfg, source=f"bcvae export --name {name}")   # a name that is no directory name: one line
+    return export_pretrained(ckpt, Path(out_dir), config_yaml=yaml.safe_dump(cfg, sort_keys=False),
                              eval_result=result, history=history, source=str(ckpt_path.parent))
 
 

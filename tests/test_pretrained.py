@@ -4,6 +4,7 @@ the notebooks."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import shutil
@@ -42,6 +43,24 @@ def test_export_writes_weights_config_eval_log_and_sums(pretrained, smoke_run):
     assert len(lines) == 5 and all(len(line.split("  ")[0]) == 64 for line in lines)
     if shutil.which("sha256sum"):  # the file is in the standard tool's format
         subprocess.run(["sha256sum", "--quiet", "-c", "sha256"], cwd=pretrained, check=True)
+
+
+def test_export_under_the_experiments_name_keeps_the_model_and_its_source(smoke_run, tmp_path):
+    """``--name``: a seed trained as ``<exp>-seed1`` is exported as ``pretrained/<exp>``; only the
+    config's name changes, and info.json still names the run it came from."""
+    from bcvae import cli
+
+    out = tmp_path / "renamed"
+    assert cli.main(["export", str(smoke_run), str(out), "--name", "renamed"]) == 0
+    model, cfg, ckpt = evaluate.load_model(evaluate.checkpoint_path(out))
+    ref, ref_cfg, _ = evaluate.load_model(smoke_run / "checkpoint.pt")
+    assert cfg.name == "renamed" != ref_cfg.name
+    assert dataclasses.replace(cfg, name=ref_cfg.name) == ref_cfg
+    assert json.loads((out / "info.json").read_text())["source_run"] == str(smoke_run)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, ref.state_dict()[key])
+    assert cli.main(["export", str(smoke_run), str(tmp_path / "bad"), "--name", "../up"]) == 2
+    assert not (tmp_path / "bad").exists()
 
 
 def test_pretrained_loads_to_the_same_model(pretrained, smoke_run):
