@@ -267,8 +267,10 @@ def export(run: Path, out_dir: Path, name: str | None = None) -> list[Path]:
         raise CheckpointError(f"{eval_file} is of step {result.get('step')}, the checkpoint of step "
                               f"{ckpt['step']}: run `bcvae eval {ckpt_path.parent}` again")
     history = track.read_jsonl(ckpt_path.parent / "metrics.jsonl") if (ckpt_path.parent / "metrics.jsonl").exists() else []
-    cfg = ckpt["config"] if name is None else {**ckpt["config"], "name": name}
-    config.from_dict(cfg, source=f"bcvae export --name {name}")   # a name that is no directory name: one line
+    cfg = ckpt["config"]
+    if name is not None:
+        cfg = {**cfg, "name": name}
+        config.from_dict(cfg, source=f"bcvae export --name {name}")   # a name that is no directory name: one line
     return export_pretrained(ckpt, Path(out_dir), config_yaml=yaml.safe_dump(cfg, sort_keys=False),
                              eval_result=result, history=history, source=str(ckpt_path.parent))
 
